@@ -1,0 +1,12 @@
+# webfg: train -> pseudo-label -> retrain, as one DAG. The rules live in workflow/
+# (the Snakemake catalog's layout); this file is what `snakemake` finds in the
+# repository root. `rule all` sits here because an include resets the default target.
+
+
+include: "workflow/Snakefile"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

@@ -1,0 +1,201 @@
+"""clean_split: ingest the ACCV layout, drop what cannot be trained on, split off val.
+
+Layout under the data root: ``train/<class id>/<image>`` (class ids are integers),
+flat folders for each test split (``testa/``, ``testb/``), optionally ``meta/all.txt``
+(the original's annotation list: paths relative to ``train/``). All lists written
+here use paths relative to the data root.
+
+Then the model-based noisy-label filter (``filter_noisy``): a first round of models
+scores the training list, and samples whose given label the ensemble finds
+implausible are removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from webfg.io import InputError, read_split_list, write_split_list, write_text
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+def scan_train(root: Path) -> list[tuple[str, int]]:
+    """``train/<id>/<file>`` → [(relpath, id)], sorted. Every class folder must hold a file."""
+    train = root / "train"
+    if not train.is_dir():
+        raise InputError(f"{train}: no train/ folder (expected train/<class id>/<image>)")
+    samples = []
+    for class_dir in sorted(p for p in train.iterdir() if p.is_dir()):
+        try:
+            label = int(class_dir.name)
+        except ValueError:
+            raise InputError(f"{class_dir}: class folder names must be integer class ids") from None
+        files = sorted(f for f in class_dir.iterdir() if f.is_file() and not f.name.startswith("."))
+        if not files:
+            raise InputError(f"{class_dir}: empty class (no image files)")
+        samples += [(f.relative_to(root).as_posix(), label) for f in files]
+    if not samples:
+        raise InputError(f"{train}: no class folders")
+    return samples
+
+
+def scan_test_split(root: Path, split: str) -> list[str]:
+    """Flat folder of a test split → sorted relpaths; an empty or missing split is an error."""
+    folder = root / split
+    if not folder.is_dir():
+        raise InputError(f"{folder}: test split folder not found")
+    files = sorted(f.relative_to(root).as_posix() for f in folder.iterdir()
+                   if f.is_file() and not f.name.startswith("."))
+    if not files:
+        raise InputError(f"{folder}: test split has no images")
+    return files
+
+
+def decode_error(data: bytes) -> str | None:
+    """Why these bytes are not a usable image, or None. Decodes fully (catches truncation)."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            im.convert("RGB")
+    except Exception as e:  # PIL raises many types for broken files
+        return f"{type(e).__name__}: {e}".replace("\t", " ").replace("\n", " ")
+    return None
+
+
+def clean_split(
+    root,
+    out_dir,
+    num_classes: int | None = None,
+    val_fraction: float = 0.1,
+    val_min_per_class: int = 1,
+    seed: int = 0,
+    meta_all=None,
+    test_splits=(),
+    log=print,
+) -> dict:
+    """Write all.txt, train.txt, val.txt, removed.tsv and <split>.txt per test split.
+
+    Undecodable images and exact duplicates (same bytes) are removed; a duplicate
+    carrying two different labels is removed entirely, as neither label can be trusted.
+    Returns counts for the log and the report.
+    """
+    root, out_dir = Path(root), Path(out_dir)
+    if meta_all:
+        listed = read_split_list(meta_all, num_classes)
+        samples = [("train/" + p, y) for p, y in listed]
+    else:
+        samples = scan_train(root)
+    labels = [y for _, y in samples]
+    if num_classes is None:
+        num_classes = max(labels) + 1
+    elif max(labels) >= num_classes:
+        bad = next(p for p, y in samples if y >= num_classes)
+        raise InputError(f"{root / bad}: class id {max(labels)} out of range [0, {num_classes}) (data.num_classes)")
+    present = set(labels)
+    missing = [c for c in range(num_classes) if c not in present]
+    if missing:
+        raise InputError(f"{root / 'train'}: empty class(es) {missing[:10]} (no images); "
+                         f"expected ids 0..{num_classes - 1}")
+
+    removed: list[tuple[str, str]] = []
+    by_hash: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    for relpath, label in samples:
+        path = root / relpath
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            removed.append((relpath, f"unreadable: {e.strerror}"))
+            continue
+        err = decode_error(data)
+        if err:
+            removed.append((relpath, f"undecodable: {err}"))
+            continue
+        by_hash[hashlib.sha256(data).hexdigest()].append((relpath, label))
+
+    kept = []
+    for group in by_hash.values():
+        first = group[0]
+        if len({y for _, y in group}) > 1:
+            others = ", ".join(f"{p} ({y})" for p, y in group)
+            removed += [(p, f"conflicting labels among identical files: {others}") for p, _ in group]
+            continue
+        kept.append(first)
+        removed += [(p, f"duplicate of {first[0]}") for p, _ in group[1:]]
+    kept.sort()
+
+    rng = np.random.default_rng(seed)
+    per_class: dict[int, list[str]] = defaultdict(list)
+    for relpath, label in kept:
+        per_class[label].append(relpath)
+    train, val = [], []
+    for label in sorted(per_class):
+        paths = per_class[label]
+        order = rng.permutation(len(paths))
+        n_val = min(max(val_min_per_class, round(val_fraction * len(paths))), len(paths) - 1)
+        val += [(paths[i], label) for i in order[:n_val]]
+        train += [(paths[i], label) for i in order[n_val:]]
+    empty_after = sorted(set(range(num_classes)) - {y for _, y in train})
+    if empty_after:
+        log(f"warning: classes {empty_after[:10]} have no training image left after cleaning")
+
+    tests = {s: scan_test_split(root, s) for s in test_splits}
+    for split, relpaths in tests.items():
+        for relpath in relpaths:
+            err = decode_error((root / relpath).read_bytes())
+            if err:
+                raise InputError(f"{root / relpath}: unreadable test image ({err})")
+
+    write_split_list(out_dir / "all.txt", samples)
+    write_split_list(out_dir / "train.txt", sorted(train))
+    write_split_list(out_dir / "val.txt", sorted(val))
+    write_removed(out_dir / "removed.tsv", removed)
+    for split, relpaths in tests.items():
+        write_split_list(out_dir / f"{split}.txt", relpaths)
+    stats = {"found": len(samples), "train": len(train), "val": len(val), "removed": len(removed),
+             "num_classes": num_classes, **{f"num_{s}": len(r) for s, r in tests.items()}}
+    log(" ".join(f"{k}={v}" for k, v in stats.items()))
+    return stats
+
+
+def write_removed(path, rows) -> None:
+    write_text(path, "path\treason\n" + "".join(f"{p}\t{r}\n" for p, r in rows))
+
+
+def filter_noisy(
+    train_list,
+    probs: np.ndarray,
+    relpaths: list[str],
+    out_list,
+    out_removed,
+    max_label_prob: float = 0.05,
+    min_top_prob: float = 0.5,
+    log=print,
+) -> dict:
+    """Drop a training sample when the scoring ensemble gives its label a probability
+    below ``max_label_prob`` while another class gets at least ``min_top_prob``.
+
+    ``probs``/``relpaths`` are the ensemble's prediction on the training list (any order).
+    """
+    samples = read_split_list(train_list)
+    row_of = {p: i for i, p in enumerate(relpaths)}
+    kept, removed = [], []
+    for relpath, label in samples:
+        if relpath not in row_of:
+            raise InputError(f"{train_list}: {relpath} has no row in the scoring prediction")
+        row = np.asarray(probs[row_of[relpath]], dtype=np.float32)
+        top = int(row.argmax())
+        if row[label] < max_label_prob and top != label and row[top] >= min_top_prob:
+            removed.append((relpath, f"implausible label {label}: p={row[label]:.3f}, "
+                                     f"ensemble says {top} (p={row[top]:.3f})"))
+        else:
+            kept.append((relpath, label))
+    write_split_list(out_list, kept)
+    write_removed(out_removed, removed)
+    log(f"noise filter: kept {len(kept)}, removed {len(removed)} of {len(samples)}")
+    return {"kept": len(kept), "removed": len(removed)}

@@ -1,0 +1,88 @@
+"""Per-model configuration: strict (unknown keys and wrong types fail), torch-free so the
+workflow can validate every model at parse time without importing torch."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ModelConfig:
+    """Everything that defines one model's training and inference (strict: unknown keys fail)."""
+
+    arch: str
+    head: str = "linear"  # "linear" (CE + smoothing + mixup, logit adjustment) or "arcface"
+    arch_kwargs: dict = field(default_factory=dict)
+    pretrained_file: str | None = None  # a local timm checkpoint; never a hub download
+    img_size: int = 224
+    epochs: int = 30
+    batch_size: int = 16
+    base_lr: float = 1e-3  # per 1024 images: lr = base_lr * batch_size * world_size / 1024
+    min_lr: float = 1e-6
+    warmup_epochs: float = 5
+    warmup_lr_ratio: float = 1e-4  # warm-up starts at base lr x this
+    weight_decay: float = 0.05
+    layer_decay: float | None = None  # e.g. 0.75 for fine-tuning a pretrained ViT
+    drop_path: float = 0.1
+    label_smoothing: float = 0.1
+    mixup_alpha: float = 0.8  # linear head only (ArcFace needs hard labels)
+    cutmix_alpha: float = 1.0
+    randaugment: str | None = "rand-m9-mstd0.5-inc1"
+    random_erasing: float = 0.25
+    hflip: float = 0.5
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    test_crop_pct: float = 0.875  # short side img_size/crop_pct, centre crop img_size
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    arcface_k: int = 3
+    arcface_scale: float = 30.0
+    margin_min: float = 0.05
+    margin_max: float = 0.5
+    eql_tau: float | None = 1.0  # None: plain cross-entropy on the ArcFace logits
+    logit_adjust_tau: float = 1.0  # linear head, at inference; 0 switches it off
+    tta_flip: bool = True
+    soup_last: int = 1  # uniform soup of the last N epochs' weights (1 = last epoch only)
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "model config") -> "ModelConfig":
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(known)}")
+        hints = typing.get_type_hints(cls)
+        values = {}
+        for key, value in d.items():
+            values[key] = _coerce(value, hints[key], f"{where}.{key}")
+        cfg = cls(**values)
+        if cfg.head not in ("linear", "arcface"):
+            raise ValueError(f"{where}.head: {cfg.head!r} is not one of ['arcface', 'linear']")
+        return cfg
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value, hint, where):
+    """Check a config value against the field's type; ints are accepted for floats."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ValueError(f"{where}: expected a list of {len(args)} numbers, got {value!r}")
+        return tuple(_coerce(v, a, where) for v, a in zip(value, args))
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is dict and isinstance(value, dict):
+        return value
+    if isinstance(hint, type) and isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    raise ValueError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r}")

@@ -1,0 +1,60 @@
+"""Flip-TTA inference: one model, several splits → per-split probability matrices (SPEC C).
+
+The val split is predicted first; its accuracy is the model's measured accuracy
+and goes into every prediction's JSON, where the ensemble weights read it.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from webfg.data import ImageList, eval_transform
+from webfg.io import save_predictions
+
+
+@torch.no_grad()
+def predict_probs(model, root, relpaths, batch_size: int = 256, log=print) -> np.ndarray:
+    """Class probabilities (N, C) float32; with ``tta_flip`` the mean of the image's
+    and its horizontal mirror's probabilities."""
+    model.eval()
+    loader = torch.utils.data.DataLoader(
+        ImageList(root, list(relpaths), eval_transform(model.cfg)), batch_size=batch_size, shuffle=False
+    )
+    out, t0 = [], time.time()
+    for x, _ in loader:
+        probs = model.predict_logits(x).softmax(1)
+        if model.cfg.tta_flip:
+            probs = 0.5 * (probs + model.predict_logits(x.flip(3)).softmax(1))
+        out.append(probs.numpy())
+    n = len(loader.dataset)
+    log(f"  {n} images in {time.time() - t0:.1f}s ({n / max(time.time() - t0, 1e-9):.0f} img/s)")
+    return np.concatenate(out) if out else np.zeros((0, model.class_counts.numel()), np.float32)
+
+
+def infer_splits(model_path, root, val_list, splits: dict, model_name: str = "", threads=None, log=print) -> float:
+    """Predict ``val_list`` and every ``splits[name] = (relpaths, out_stem)``; return val accuracy.
+
+    ``val_list`` is ``[(relpath, label)]``; its prediction is also written when
+    ``splits`` holds a ``"val"`` entry with relpaths None.
+    """
+    from webfg.train import load_model
+
+    if threads:
+        torch.set_num_threads(threads)
+    model = load_model(model_path)
+    log(f"val: {model_path}")
+    val_probs = predict_probs(model, root, [p for p, _ in val_list], log=log)
+    val_labels = np.array([y for _, y in val_list])
+    val_accuracy = float((val_probs.argmax(1) == val_labels).mean()) if len(val_list) else float("nan")
+    log(f"  val accuracy {val_accuracy:.4f}")
+    for split, (relpaths, stem) in splits.items():
+        meta = {"model": model_name, "split": split, "val_accuracy": val_accuracy, "checkpoint": str(model_path)}
+        if relpaths is None:  # the val split itself
+            save_predictions(stem, val_probs, [p for p, _ in val_list], meta)
+            continue
+        log(f"{split}: {len(relpaths)} images")
+        save_predictions(stem, predict_probs(model, root, relpaths, log=log), relpaths, meta)
+    return val_accuracy

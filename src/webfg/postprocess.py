@@ -1,0 +1,344 @@
+"""Post-processing of test predictions (SPEC A4): ensemble, pseudo-labels,
+greedy class redistribution and the submission files.
+
+Probabilities are (N, C) arrays, float16 on disk and usually memory-mapped
+(see ``webfg.io``); every function here reads them in row chunks so memory
+stays bounded by ``chunk_rows * C`` rather than by N or by the model count.
+The formulas follow the original ACCV 2022 WebFG 1st-place scripts
+(``tools/emsemble.py``, ``tools/creat_pseudo.py``,
+``tools/re-distribute-label.py`` of ``Ezra-Yu/ACCV2022_FGIA_1st``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import Iterator, Sequence
+
+import numpy as np
+from numpy.lib.format import open_memmap
+
+from webfg.io import (
+    InputError,
+    atomic_path,
+    load_predictions,
+    prediction_paths,
+    write_json,
+    write_split_list,
+    write_text,
+)
+
+CHUNK_ROWS = 8192
+
+
+def _row_chunks(n: int, chunk_rows: int) -> Iterator[slice]:
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    for start in range(0, n, chunk_rows):
+        yield slice(start, min(start + chunk_rows, n))
+
+
+# --------------------------------------------------------------------- ensemble
+
+
+def ensemble_weights(val_accuracies: Sequence[float], power: float) -> np.ndarray:
+    """Model weights ``w_i = (acc_i / min_j acc_j) ** power`` as float64.
+
+    This is the original's ``--scale --factor`` rule (factor 25 in the final
+    submission); ``power=0`` gives the plain, unweighted ensemble. Dividing by
+    the minimum keeps every weight >= 1, so only the ratios between models matter.
+    """
+    accs = np.asarray(val_accuracies, dtype=np.float64)
+    if accs.ndim != 1 or accs.size == 0:
+        raise ValueError("need a non-empty list of accuracies")
+    bad = accs[~((accs > 0) & (accs <= 1))]
+    if bad.size:
+        raise ValueError(f"accuracies must lie in (0, 1], got {bad.tolist()}")
+    return (accs / accs.min()) ** power
+
+
+_LEGACY_ACC = re.compile(r"-(\d{4})(?:\.[^-]*)?$")
+
+
+def accuracy_from_filename(name: str | os.PathLike) -> float:
+    """Accuracy encoded in the original's result names: ``vit-l-7620.pkl`` -> 0.7620.
+
+    The original parsed the last ``-NNNN`` of the name (a leaderboard estimate in
+    basis points); only ratios of these numbers are ever used.
+    """
+    match = _LEGACY_ACC.search(Path(name).name)
+    if not match:
+        raise InputError(f"{name}: no accuracy '-NNNN' before the extension (e.g. 'model-7620.pkl')")
+    return int(match.group(1)) / 10000
+
+
+def ensemble_predictions(
+    stems: Sequence[str | os.PathLike],
+    weights: Sequence[float],
+    out_stem: str | os.PathLike,
+    chunk_rows: int = CHUNK_ROWS,
+    meta: dict | None = None,
+) -> None:
+    """Write ``out = sum_i w_i * P_i / sum_i w_i`` as a float16 prediction.
+
+    The original divides by M (the model count) instead of ``sum w``: the two differ
+    by one positive constant, so the argmax and every column's ranking (all that the
+    greedy redistribution reads) are identical, and with all w_i = 1 both are the
+    mean the pseudo-label threshold relies on. Dividing by ``sum w`` keeps each row a
+    probability distribution, so the recipe's power 25 (weights up to ~1e10 when
+    accuracies spread) cannot overflow float16 or lose the small values. Inputs are memory-mapped and summed in
+    float32 over row chunks, so memory is O(chunk_rows * C) whatever M is. The
+    .npy is streamed into a temporary file and renamed into place.
+
+    Raises InputError (naming both files) when a model's row order or class
+    count differs from the first model's.
+    """
+    if not stems:
+        raise ValueError("ensemble of zero models")
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.shape != (len(stems),) or not np.all(np.isfinite(weights) & (weights > 0)):
+        raise ValueError(f"need one positive finite weight per model, got {weights.tolist()}")
+    scales = weights / weights.sum()
+
+    first_probs, relpaths, _ = load_predictions(stems[0])
+    first_npy, first_rows, _ = prediction_paths(stems[0])
+    matrices = [first_probs]
+    for stem in stems[1:]:
+        probs, rows, _ = load_predictions(stem)
+        npy, rows_path, _ = prediction_paths(stem)
+        if probs.shape[1] != first_probs.shape[1]:
+            raise InputError(
+                f"{npy} has {probs.shape[1]} classes but {first_npy} has {first_probs.shape[1]}"
+            )
+        if rows != relpaths:
+            raise InputError(f"row order of {rows_path} differs from {first_rows}")
+        matrices.append(probs)  # a memmap: no data is read yet
+
+    n, c = first_probs.shape
+    out_npy, out_rows, out_json = prediction_paths(out_stem)
+    total = np.empty((min(chunk_rows, n), c), dtype=np.float32)
+    scaled = np.empty_like(total)
+    with atomic_path(out_npy) as tmp:
+        out = open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n, c))
+        for rows in _row_chunks(n, chunk_rows):
+            m = rows.stop - rows.start
+            total[:m] = 0
+            for probs, scale in zip(matrices, scales):
+                np.multiply(probs[rows], np.float32(scale), out=scaled[:m])
+                total[:m] += scaled[:m]
+            out[rows] = total[:m]
+        out.flush()
+        del out
+    write_split_list(out_rows, relpaths)
+    members = {"members": [str(s) for s in stems], "weights": weights.tolist()}
+    write_json(out_json, {**members, **(meta or {}), "num_rows": n, "num_classes": c})
+
+
+# ---------------------------------------------------------------- pseudo-labels
+
+
+def _row_max_argmax(probs: np.ndarray, chunk_rows: int = CHUNK_ROWS) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row (max as float64, argmax as int64), read chunk by chunk."""
+    n = probs.shape[0]
+    top = np.empty(n, dtype=np.float64)
+    arg = np.empty(n, dtype=np.int64)
+    for rows in _row_chunks(n, chunk_rows):
+        block = np.asarray(probs[rows])
+        arg[rows] = block.argmax(axis=1)
+        top[rows] = block.max(axis=1)
+    return top, arg
+
+
+def predicted_labels(probs: np.ndarray, chunk_rows: int = CHUNK_ROWS) -> np.ndarray:
+    """Argmax per row (int64; the first maximum wins, like ``np.argmax``)."""
+    return _row_max_argmax(probs, chunk_rows)[1]
+
+
+def pseudo_labels(
+    probs: np.ndarray, relpaths: Sequence[str], threshold: float
+) -> list[tuple[str, int]]:
+    """Keep rows whose max probability is strictly greater than ``threshold``.
+
+    Returns ``[(relpath, argmax)]`` in row order. The comparison is done in
+    float64 (as the original's scalar comparison was): comparing a float16
+    array with a Python float would round the threshold to float16 first.
+    """
+    if len(relpaths) != probs.shape[0]:
+        raise ValueError(f"{len(relpaths)} relpaths for {probs.shape[0]} rows")
+    top, arg = _row_max_argmax(probs)
+    keep = np.flatnonzero(top > threshold)
+    return [(relpaths[i], int(arg[i])) for i in keep]
+
+
+def pseudo_yield(probs: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
+    """Number of rows ``pseudo_labels`` would keep at each threshold (int64)."""
+    top, _ = _row_max_argmax(probs)
+    return np.array([int(np.count_nonzero(top > t)) for t in thresholds], dtype=np.int64)
+
+
+def merge_meta(base: Sequence[tuple[str, int]], *extra: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
+    """Concatenate labelled lists (e.g. clean train + testa + testb pseudo-labels).
+
+    A relpath present twice would train on one image with two labels or twice
+    the weight, so it raises InputError naming the path.
+    """
+    merged: list[tuple[str, int]] = []
+    seen: set[str] = set()
+    for samples in (base, *extra):
+        for relpath, label in samples:
+            if relpath in seen:
+                raise InputError(f"{relpath!r} appears in more than one annotation list")
+            seen.add(relpath)
+            merged.append((relpath, int(label)))
+    return merged
+
+
+# ---------------------------------------------------------- redistribution
+
+
+def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """How many rows carry each label: int64 array of length ``num_classes``."""
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"labels outside [0, {num_classes})")
+    return np.bincount(labels, minlength=num_classes)
+
+
+def _top_rows(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest scores; among equal scores the lower row wins.
+
+    The original used ``np.argpartition`` whose choice among ties is unspecified
+    (and CPU-dependent with SIMD sorting); this rule agrees with it whenever the
+    k-th largest score is unique and is reproducible when it is not.
+    """
+    kth = np.partition(scores, scores.size - k)[scores.size - k]
+    above = np.flatnonzero(scores > kth)
+    at = np.flatnonzero(scores == kth)[: k - above.size]
+    return np.concatenate([above, at])
+
+
+def _greedy_class_order(counts: np.ndarray, k: int) -> list[int]:
+    """Classes predicted fewer than k times, in the order the original visits them.
+
+    The original collects them in a dict keyed by their count, scanning classes
+    in ascending order, and then walks that dict: groups in order of first
+    appearance of each count, ascending class index within a group.
+    """
+    groups: dict[int, list[int]] = {}
+    for c in np.flatnonzero(counts < k):
+        groups.setdefault(int(counts[c]), []).append(int(c))
+    return [c for group in groups.values() for c in group]
+
+
+def redistribute_greedy(probs: np.ndarray, k: int, chunk_rows: int = CHUNK_ROWS) -> np.ndarray:
+    """The original's greedy redistribution toward >= k predictions per class (int64 labels).
+
+    Semantics of ``tools/re-distribute-label.py``, kept for parity:
+      * ``pred`` = argmax of ``probs``; ``counts`` = per-class counts of ``pred``,
+        computed ONCE (they go stale as rows are relabelled);
+      * classes with ``counts[c] < k`` are visited in ``_greedy_class_order``;
+      * for class c, ``score = probs[:, c]`` with the rows whose ORIGINAL argmax
+        is c set to 0 (masked, not removed); the ``k - counts[c]`` rows with the
+        highest score are relabelled c;
+      * a row can be relabelled several times, the last class wins; a donor class
+        may fall below k and is never revisited.
+    Ties at the k-th score go to the lower row index (see ``_top_rows``).
+    """
+    n, num_classes = probs.shape
+    if not 0 <= k <= n:
+        raise ValueError(f"k must lie in [0, {n}], got {k}")
+    pred = predicted_labels(probs, chunk_rows)
+    counts = class_counts(pred, num_classes)
+    labels = pred.copy()
+    order = _greedy_class_order(counts, k)
+    batch = 256  # columns gathered per pass over the rows: one pass reads every page
+    for first in range(0, len(order), batch):
+        classes = order[first : first + batch]
+        columns = np.empty((n, len(classes)), dtype=np.float32)
+        for rows in _row_chunks(n, chunk_rows):
+            columns[rows] = np.asarray(probs[rows])[:, classes]
+        for j, c in enumerate(classes):
+            scores = columns[:, j]
+            scores[pred == c] = 0
+            labels[_top_rows(scores, k - int(counts[c]))] = c
+    return labels
+
+
+# ------------------------------------------------------------------ submission
+
+
+def write_submission(
+    csv_path: str | os.PathLike,
+    zip_path: str | os.PathLike,
+    relpaths: Sequence[str],
+    labels: Sequence[int],
+) -> None:
+    """Write the challenge's submission: ``<file>,<4-digit class>`` lines and a zip of them.
+
+    ``<file>`` is the relpath without its split folder (``testb/abc.jpg`` ->
+    ``abc.jpg``). No header, ``\\n`` line ends, row order kept. The zip holds the
+    single CSV under its basename, with a fixed timestamp so reruns give the
+    same bytes. Both files are written atomically.
+    """
+    if len(relpaths) != len(labels):
+        raise ValueError(f"{len(relpaths)} relpaths for {len(labels)} labels")
+    lines = []
+    for relpath, label in zip(relpaths, labels):
+        parts = PurePosixPath(relpath).parts
+        name = "/".join(parts[1:]) if len(parts) > 1 else relpath
+        if "," in name or "\n" in name or "\r" in name:
+            raise InputError(f"file name {name!r} contains a comma or line break; it cannot go in the CSV")
+        if int(label) < 0:
+            raise ValueError(f"negative label {label} for {relpath!r}")
+        lines.append(f"{name},{int(label):04d}\n")
+    text = "".join(lines)
+    write_text(csv_path, text)
+
+    info = zipfile.ZipInfo(Path(csv_path).name, date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info.external_attr = 0o644 << 16
+    with atomic_path(zip_path) as tmp:
+        with zipfile.ZipFile(tmp, "w") as archive:
+            archive.writestr(info, text.encode("utf-8"))
+
+
+# ---------------------------------------------------------- final labels file
+
+
+def redistribute_labels(probs, relpaths, method: str, k: int, labels_path, counts_path, log=print) -> np.ndarray:
+    """Final labels of the submitted split, written as ``relpath  argmax  label`` (TSV),
+    plus per-class counts before and after (for the report's histogram)."""
+    pred = predicted_labels(probs)
+    if method == "greedy":
+        labels = redistribute_greedy(probs, k)
+    elif method == "none":
+        labels = pred.copy()
+    else:
+        raise ValueError(f"unknown redistribution method {method!r} (greedy, none)")
+    num_classes = probs.shape[1]
+    before, after = class_counts(pred, num_classes), class_counts(labels, num_classes)
+    write_text(labels_path, "relpath\targmax\tlabel\n"
+               + "".join(f"{p}\t{a}\t{b}\n" for p, a, b in zip(relpaths, pred, labels)))
+    write_text(counts_path, "class\tbefore\tafter\n"
+               + "".join(f"{c}\t{x}\t{y}\n" for c, (x, y) in enumerate(zip(before, after))))
+    log(f"{method}: {int((labels != pred).sum())} of {len(labels)} relabelled; classes below k={k}: "
+        f"{int((before < k).sum())} before, {int((after < k).sum())} after")
+    return labels
+
+
+def read_labels(path) -> tuple[list[str], np.ndarray]:
+    """Read the labels TSV written by ``redistribute_labels`` → (relpaths, final labels)."""
+    relpaths, labels = [], []
+    with open(path, encoding="utf-8") as f:
+        header = f.readline().rstrip("\n").split("\t")
+        if header != ["relpath", "argmax", "label"]:
+            raise InputError(f"{path}:1: expected header 'relpath<TAB>argmax<TAB>label'")
+        for lineno, line in enumerate(f, 2):
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) != 3:
+                raise InputError(f"{path}:{lineno}: expected 3 tab-separated fields")
+            relpaths.append(parts[0])
+            labels.append(int(parts[2]))
+    return relpaths, np.asarray(labels, dtype=np.int64)

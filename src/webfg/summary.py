@@ -1,0 +1,98 @@
+"""Score every stage against an answer key: the table that shows whether the rounds help.
+
+Reads the workflow's results folder (layout of workflow/rules/*.smk) and an answer key
+folder holding ``<split>.txt`` (true labels of each test split) and optionally
+``faults.tsv`` (the demo's injected faults: path, kind, true_label, given_label).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from webfg.evaluate import accuracy, cleaning_scores, load_answers, pseudo_precision
+from webfg.io import load_predictions, read_split_list, write_json, write_text
+from webfg.postprocess import predicted_labels, read_labels
+
+FILE_FAULTS = {"truncated", "undecodable", "duplicate", "conflict"}
+
+
+def _pred_accuracy(stem, answers) -> float:
+    probs, relpaths, _ = load_predictions(stem)
+    return accuracy(relpaths, predicted_labels(probs), answers)
+
+
+def read_faults(path) -> list[dict]:
+    with open(path, encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def removed_paths(path) -> set[str]:
+    with open(path, encoding="utf-8", newline="") as f:
+        return {row["path"] for row in csv.DictReader(f, delimiter="\t")}
+
+
+def summarize(results, rounds: dict, splits: list[str], final: dict, answers_dir, noise_filter: bool,
+              out_tsv, out_json) -> dict:
+    """Write one row per round plus the final ensemble and the submission.
+
+    Columns: stage, train_images, pseudo_images, pseudo_precision, mean_val_accuracy,
+    accuracy_<split> (ensemble, argmax) for every split, best_model_accuracy_<final split>.
+    """
+    results, answers_dir = Path(results), Path(answers_dir)
+    answers = {s: load_answers(answers_dir / f"{s}.txt") for s in splits}
+    fs = final["split"]
+    rows = []
+    for name, rnd in rounds.items():
+        row = {"stage": name,
+               "train_images": len(read_split_list(results / name / "meta" / "train.txt"))}
+        pseudo = rnd.get("pseudo")
+        labelled = []
+        if pseudo:
+            for s in pseudo["splits"]:
+                labelled += read_split_list(results / pseudo["from"] / "pseudo" / f"{s}@{pseudo['threshold']:g}.txt")
+        all_answers = {k: v for a in answers.values() for k, v in a.items()}
+        row["pseudo_images"] = len(labelled)
+        row["pseudo_precision"] = pseudo_precision(labelled, all_answers) if labelled else float("nan")
+        vals = [load_predictions(results / name / "infer" / m / "val")[2]["val_accuracy"] for m in rnd["models"]]
+        row["mean_val_accuracy"] = float(np.mean(vals))
+        for s in splits:
+            row[f"accuracy_{s}"] = _pred_accuracy(results / name / "ensemble" / s, answers[s])
+        row[f"best_model_accuracy_{fs}"] = max(
+            _pred_accuracy(results / name / "infer" / m / fs, answers[fs]) for m in rnd["models"])
+        rows.append(row)
+
+    members = [_pred_accuracy(results / r / "infer" / m / fs, answers[fs]) for r, m in final["members"]]
+    final_row = {"stage": "final_ensemble", f"accuracy_{fs}": _pred_accuracy(results / "final" / "ensemble", answers[fs]),
+                 f"best_model_accuracy_{fs}": max(members)}
+    relpaths, labels = read_labels(results / "final" / "labels.tsv")
+    submission_row = {"stage": "submission", f"accuracy_{fs}": accuracy(relpaths, labels, answers[fs]),
+                      f"best_model_accuracy_{fs}": max(members)}
+    rows += [final_row, submission_row]
+
+    summary = {"rounds": rows, "member_accuracies": dict(zip([f"{r}/{m}" for r, m in final["members"]], members))}
+    faults_path = answers_dir / "faults.tsv"
+    if faults_path.exists():
+        faults = read_faults(faults_path)
+        file_faults = {f["path"] for f in faults if f["kind"] in FILE_FAULTS}
+        noisy = {f["path"] for f in faults if f["kind"] == "label_noise"}
+        summary["clean_split"] = cleaning_scores(removed_paths(results / "clean" / "removed.tsv"), file_faults)
+        if noise_filter:
+            summary["noise_filter"] = cleaning_scores(removed_paths(results / "clean" / "noise_removed.tsv"), noisy)
+
+    columns = ["stage", "train_images", "pseudo_images", "pseudo_precision", "mean_val_accuracy",
+               *[f"accuracy_{s}" for s in splits], f"best_model_accuracy_{fs}"]
+    lines = ["\t".join(columns)]
+    for row in rows:
+        lines.append("\t".join(_fmt(row.get(c, "")) for c in columns))
+    write_text(out_tsv, "\n".join(lines) + "\n")
+    write_json(out_json, summary)
+    return summary
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return "" if np.isnan(v) else f"{v:.4f}"
+    return str(v)

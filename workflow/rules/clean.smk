@@ -1,0 +1,43 @@
+rule clean_split:
+    input:
+        data_ready(),
+    output:
+        all="results/clean/all.txt",
+        train="results/clean/train.txt",
+        val="results/clean/val.txt",
+        removed=report(
+            "results/clean/removed.tsv",
+            category="Cleaning",
+            labels={"file": "removed.tsv"},
+            caption="../report/removed.rst",
+        ),
+        stats="results/clean/stats.json",
+        tests=expand("results/clean/{split}.txt", split=SPLITS),
+    log:
+        "logs/clean/clean_split.log",
+    params:
+        root=DATA_ROOT,
+        num_classes=config["data"]["num_classes"],
+        meta_all=config["data"]["meta_all"],
+        splits=SPLITS,
+        val_fraction=config["clean"]["val_fraction"],
+        val_min_per_class=config["clean"]["val_min_per_class"],
+        seed=config["clean"]["seed"],
+    script:
+        "../scripts/clean_split.py"
+
+
+rule filter_noisy:
+    input:
+        train="results/clean/train.txt",
+        scores=f"results/{NOISE['round']}/ensemble/train.npy",
+    output:
+        train="results/clean/train_filtered.txt",
+        removed="results/clean/noise_removed.tsv",
+    log:
+        "logs/clean/filter_noisy.log",
+    params:
+        max_label_prob=NOISE["max_label_prob"],
+        min_top_prob=NOISE["min_top_prob"],
+    script:
+        "../scripts/filter_noisy.py"

@@ -1,0 +1,106 @@
+import os
+
+from snakemake.utils import validate
+
+from webfg.config import ModelConfig
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+DATA_ROOT = config["data"]["root"]
+SPLITS = config["data"]["test_splits"]
+MODELS = config["models"]
+ROUNDS = list(config["rounds"])
+NOISE = config["clean"]["noise_filter"]
+FINAL = config["final"]
+ANSWERS = config["data"]["answers"]
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def check_config():
+    """Cross-references the schema cannot express; each error names the key."""
+    for name, entry in MODELS.items():
+        try:
+            ModelConfig.from_dict(model_params(name), where=f"models.{name}")
+        except ValueError as e:
+            raise ConfigError(f"config: {e}") from None
+    for i, (name, rnd) in enumerate(config["rounds"].items()):
+        for m in rnd["models"]:
+            if m not in MODELS:
+                raise ConfigError(f"config rounds.{name}.models: {m!r} is not a key of models ({sorted(MODELS)})")
+        pseudo = rnd.get("pseudo")
+        if pseudo:
+            if pseudo["from"] not in ROUNDS[:i]:
+                raise ConfigError(f"config rounds.{name}.pseudo.from: {pseudo['from']!r} must be an earlier round, one of {ROUNDS[:i]}")
+            for s in pseudo["splits"]:
+                if s not in SPLITS:
+                    raise ConfigError(f"config rounds.{name}.pseudo.splits: {s!r} is not in data.test_splits {SPLITS}")
+    if NOISE["enabled"]:
+        if NOISE["round"] not in ROUNDS:
+            raise ConfigError(f"config clean.noise_filter.round: {NOISE['round']!r} is not a round ({ROUNDS})")
+        if config["rounds"][NOISE["round"]].get("pseudo"):
+            raise ConfigError(f"config clean.noise_filter.round: round {NOISE['round']!r} must train without pseudo-labels")
+    for r, m in FINAL["members"]:
+        if r not in ROUNDS or m not in config["rounds"][r]["models"]:
+            raise ConfigError(f"config final.members: [{r}, {m}] is not a model trained in a round")
+    if FINAL["split"] not in SPLITS:
+        raise ConfigError(f"config final.split: {FINAL['split']!r} is not in data.test_splits {SPLITS}")
+
+
+def model_params(model):
+    """The ModelConfig fields of a model entry (resources stripped)."""
+    return {k: v for k, v in MODELS[model].items() if k != "resources"}
+
+
+def model_resources(model):
+    return {"gpus": 0, "mem_mb": 4000, "runtime": 120, **MODELS[model].get("resources", {})}
+
+
+check_config()
+
+
+wildcard_constraints:
+    round="|".join(ROUNDS),
+    model="|".join(MODELS),
+    split="|".join(["val", "train"] + SPLITS),
+    threshold=r"[0-9]*\.?[0-9]+",
+
+
+def data_ready():
+    """The demo rule's marker when the demo is built by the workflow; nothing otherwise."""
+    return [os.path.join(DATA_ROOT, "answers", "spec.json")] if config["demo"]["build"] else []
+
+
+def train_list_of_round(rnd):
+    """Rounds after the noise-filter round train on the filtered list."""
+    if NOISE["enabled"] and rnd != NOISE["round"]:
+        return "results/clean/train_filtered.txt"
+    return "results/clean/train.txt"
+
+
+def pseudo_lists(rnd):
+    pseudo = config["rounds"][rnd].get("pseudo")
+    if not pseudo:
+        return []
+    return [f"results/{pseudo['from']}/pseudo/{s}@{pseudo['threshold']:g}.txt" for s in pseudo["splits"]]
+
+
+def prediction_files(stem):
+    return [stem + ext for ext in (".npy", ".rows.txt", ".json")]
+
+
+def round_predictions(rnd, split):
+    return [f"results/{rnd}/infer/{m}/{split}.npy" for m in config["rounds"][rnd]["models"]]
+
+
+def round_targets(rnd):
+    return [f"results/{rnd}/ensemble/{s}.npy" for s in SPLITS]
+
+
+def all_targets():
+    targets = ["results/submit.zip"]
+    if ANSWERS:
+        targets.append("results/summary.tsv")
+    return targets

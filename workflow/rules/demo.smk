@@ -1,0 +1,13 @@
+if config["demo"]["build"]:
+
+    rule demo_data:
+        output:
+            spec=os.path.join(DATA_ROOT, "answers", "spec.json"),
+        log:
+            "logs/demo_data.log",
+        params:
+            root=DATA_ROOT,
+            preset=config["demo"]["preset"],
+            seed=config["demo"]["seed"],
+        script:
+            "../scripts/demo_data.py"

@@ -1,0 +1,37 @@
+rule ensemble_probs:
+    input:
+        lambda w: round_predictions(w.round, w.split),
+    output:
+        prediction_files("results/{round}/ensemble/{split}"),
+    log:
+        "logs/{round}/ensemble/{split}.log",
+    params:
+        power=0,  # a round's ensemble is the plain mean, as the recipe's pseudo-labelling
+    script:
+        "../scripts/ensemble_probs.py"
+
+
+rule make_pseudo:
+    input:
+        "results/{round}/ensemble/{split}.npy",
+    output:
+        pseudo="results/{round}/pseudo/{split}@{threshold}.txt",
+        yield_tsv="results/{round}/pseudo/{split}@{threshold}.yield.tsv",
+    log:
+        "logs/{round}/pseudo/{split}@{threshold}.log",
+    params:
+        threshold=lambda w: float(w.threshold),
+    localrule: True
+    script:
+        "../scripts/make_pseudo.py"
+
+
+for _round in ROUNDS:
+
+    rule:
+        name:
+            f"round_{_round}"
+        input:
+            round_targets(_round),
+        localrule: True
+

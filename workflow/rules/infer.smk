@@ -1,0 +1,44 @@
+rule infer_probs:
+    input:
+        model="results/{round}/train/{model}.pt",
+        val="results/clean/val.txt",
+        splits=expand("results/clean/{split}.txt", split=SPLITS),
+    output:
+        expand(
+            "results/{{round}}/infer/{{model}}/{split}{ext}",
+            split=["val"] + SPLITS,
+            ext=[".npy", ".rows.txt", ".json"],
+        ),
+    log:
+        "logs/{round}/infer/{model}.log",
+    benchmark:
+        "benchmarks/{round}/infer/{model}.tsv"
+    params:
+        root=DATA_ROOT,
+        splits=["val"] + SPLITS,
+    threads: workflow.cores
+    resources:
+        gpu=lambda w: min(1, model_resources(w.model)["gpus"]),
+        mem_mb=lambda w: model_resources(w.model)["mem_mb"],
+    script:
+        "../scripts/infer_probs.py"
+
+
+rule score_train:
+    input:
+        model="results/{round}/train/{model}.pt",
+        val="results/clean/val.txt",
+        splits=["results/clean/train.txt"],
+    output:
+        prediction_files("results/{round}/infer/{model}/train"),
+    log:
+        "logs/{round}/infer/{model}.train.log",
+    params:
+        root=DATA_ROOT,
+        splits=["train"],
+    threads: workflow.cores
+    resources:
+        gpu=lambda w: min(1, model_resources(w.model)["gpus"]),
+        mem_mb=lambda w: model_resources(w.model)["mem_mb"],
+    script:
+        "../scripts/infer_probs.py"

@@ -1,0 +1,44 @@
+rule final_ensemble:
+    input:
+        [f"results/{r}/infer/{m}/{FINAL['split']}.npy" for r, m in FINAL["members"]],
+    output:
+        prediction_files("results/final/ensemble"),
+    log:
+        "logs/final/ensemble.log",
+    params:
+        power=FINAL["power"],
+    script:
+        "../scripts/ensemble_probs.py"
+
+
+rule redistribute:
+    input:
+        "results/final/ensemble.npy",
+    output:
+        labels="results/final/labels.tsv",
+        counts=report(
+            "results/final/class_counts.tsv",
+            category="Submission",
+            labels={"file": "class counts before/after redistribution"},
+            caption="../report/class_counts.rst",
+        ),
+    log:
+        "logs/final/redistribute.log",
+    params:
+        method=FINAL["redistribute"]["method"],
+        k=FINAL["redistribute"]["k"],
+    script:
+        "../scripts/redistribute.py"
+
+
+rule zip_submission:
+    input:
+        "results/final/labels.tsv",
+    output:
+        csv="results/submit.csv",
+        zip="results/submit.zip",
+    log:
+        "logs/final/zip_submission.log",
+    localrule: True
+    script:
+        "../scripts/zip_submission.py"

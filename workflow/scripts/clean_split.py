@@ -1,0 +1,20 @@
+import sys
+
+sys.stderr = open(snakemake.log[0], "w")
+
+from webfg.clean import clean_split
+from webfg.io import log_to_stderr, write_json
+
+p = snakemake.params
+stats = clean_split(
+    p.root,
+    "results/clean",
+    num_classes=p.num_classes,
+    val_fraction=p.val_fraction,
+    val_min_per_class=p.val_min_per_class,
+    seed=p.seed,
+    meta_all=p.meta_all,
+    test_splits=p.splits,
+    log=log_to_stderr,
+)
+write_json(snakemake.output.stats, stats)

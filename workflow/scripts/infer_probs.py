@@ -1,0 +1,27 @@
+"""Predict val and the given splits with one model; outputs are <split>.npy/.rows.txt/.json."""
+import sys
+
+sys.stderr = open(snakemake.log[0], "w")
+
+from pathlib import Path
+
+from webfg.infer import infer_splits
+from webfg.io import log_to_stderr, read_split_list
+
+val = read_split_list(snakemake.input.val)
+out_dir = Path(snakemake.output[0]).parent
+splits = {}
+for name, listing in zip([s for s in snakemake.params.splits if s != "val"], snakemake.input.splits):
+    rows = read_split_list(listing, labelled=name == "train")
+    splits[name] = ([r[0] for r in rows] if name == "train" else rows, out_dir / name)
+if "val" in snakemake.params.splits:
+    splits["val"] = (None, out_dir / "val")
+infer_splits(
+    snakemake.input.model,
+    snakemake.params.root,
+    val,
+    splits,
+    model_name=f"{snakemake.wildcards.round}/{snakemake.wildcards.model}",
+    threads=snakemake.threads,
+    log=log_to_stderr,
+)

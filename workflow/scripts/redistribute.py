@@ -1,0 +1,17 @@
+import sys
+
+sys.stderr = open(snakemake.log[0], "w")
+
+from webfg.io import load_predictions, log_to_stderr
+from webfg.postprocess import redistribute_labels
+
+probs, relpaths, _ = load_predictions(snakemake.input[0])
+redistribute_labels(
+    probs,
+    relpaths,
+    snakemake.params.method,
+    snakemake.params.k,
+    snakemake.output.labels,
+    snakemake.output.counts,
+    log=log_to_stderr,
+)
