@@ -29,9 +29,15 @@ def read_faults(path) -> list[dict]:
         return list(csv.DictReader(f, delimiter="\t"))
 
 
-def removed_paths(path) -> set[str]:
+def removed_paths(path, faults: set[str] = frozenset()) -> set[str]:
+    """Paths in a removed.tsv. Of two identical files either one may go: a removed
+    "duplicate of X" counts as X when X is the one the fault list names."""
+    out = set()
     with open(path, encoding="utf-8", newline="") as f:
-        return {row["path"] for row in csv.DictReader(f, delimiter="\t")}
+        for row in csv.DictReader(f, delimiter="\t"):
+            kept = row["reason"].removeprefix("duplicate of ")
+            out.add(kept if row["path"] not in faults and kept in faults else row["path"])
+    return out
 
 
 def summarize(results, rounds: dict, splits: list[str], final: dict, answers_dir, noise_filter: bool,
@@ -78,7 +84,7 @@ def summarize(results, rounds: dict, splits: list[str], final: dict, answers_dir
         faults = read_faults(faults_path)
         file_faults = {f["path"] for f in faults if f["kind"] in FILE_FAULTS}
         noisy = {f["path"] for f in faults if f["kind"] == "label_noise"}
-        summary["clean_split"] = cleaning_scores(removed_paths(results / "clean" / "removed.tsv"), file_faults)
+        summary["clean_split"] = cleaning_scores(removed_paths(results / "clean" / "removed.tsv", file_faults), file_faults)
         if noise_filter:
             summary["noise_filter"] = cleaning_scores(removed_paths(results / "clean" / "noise_removed.tsv"), noisy)
 
@@ -88,8 +94,17 @@ def summarize(results, rounds: dict, splits: list[str], final: dict, answers_dir
     for row in rows:
         lines.append("\t".join(_fmt(row.get(c, "")) for c in columns))
     write_text(out_tsv, "\n".join(lines) + "\n")
-    write_json(out_json, summary)
+    write_json(out_json, _nan_to_none(summary))
     return summary
+
+
+def _nan_to_none(obj):
+    """JSON has no NaN: an undefined score (no pseudo-labels, nothing removed) is null."""
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_nan_to_none(v) for v in obj]
+    return None if isinstance(obj, float) and np.isnan(obj) else obj
 
 
 def _fmt(v) -> str:

@@ -7,20 +7,18 @@ the training list are unchanged (a fingerprint guards this). ``state_dir`` must 
 outside the declared outputs, since Snakemake deletes those before a job runs. Once
 the final (souped) model is written the state is removed.
 
-    python -m webfg.train --config model.yaml --data-root data/demo \
-        --train-list train.txt --val-list val.txt --num-classes 30 --out model.pt
+    webfg train --config model.yaml --root data/demo --train-list train.txt \
+        --val-list val.txt --num-classes 30 --out model.pt
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import io
 import json
 import random
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -257,25 +255,3 @@ def load_model_config(path) -> ModelConfig:
 
     with open(path, encoding="utf-8") as f:
         return ModelConfig.from_dict(yaml.safe_load(f) or {}, where=str(path))
-
-
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", required=True, help="model config (YAML/JSON)")
-    p.add_argument("--data-root", required=True)
-    p.add_argument("--train-list", required=True)
-    p.add_argument("--val-list", required=True)
-    p.add_argument("--num-classes", type=int, required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--state-dir")
-    p.add_argument("--threads", type=int)
-    a = p.parse_args(argv)
-    try:
-        train(load_model_config(a.config), a.data_root, a.train_list, a.val_list, a.num_classes, a.out,
-              a.state_dir, a.threads)
-    except (InputError, ValueError) as e:
-        sys.exit(f"webfg.train: error: {e}")
-
-
-if __name__ == "__main__":
-    main()

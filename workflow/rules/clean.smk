@@ -23,6 +23,8 @@ rule clean_split:
         val_fraction=config["clean"]["val_fraction"],
         val_min_per_class=config["clean"]["val_min_per_class"],
         seed=config["clean"]["seed"],
+    conda:
+        "../../envs/webfg.yaml"
     script:
         "../scripts/clean_split.py"
 
@@ -39,5 +41,7 @@ rule filter_noisy:
     params:
         max_label_prob=NOISE["max_label_prob"],
         min_top_prob=NOISE["min_top_prob"],
+    conda:
+        "../../envs/webfg.yaml"
     script:
         "../scripts/filter_noisy.py"

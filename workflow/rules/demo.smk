@@ -9,5 +9,7 @@ if config["demo"]["build"]:
             root=DATA_ROOT,
             preset=config["demo"]["preset"],
             seed=config["demo"]["seed"],
+        conda:
+            "../../envs/webfg.yaml"
         script:
             "../scripts/demo_data.py"

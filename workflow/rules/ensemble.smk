@@ -7,6 +7,8 @@ rule ensemble_probs:
         "logs/{round}/ensemble/{split}.log",
     params:
         power=0,  # a round's ensemble is the plain mean, as the recipe's pseudo-labelling
+    conda:
+        "../../envs/webfg.yaml"
     script:
         "../scripts/ensemble_probs.py"
 
@@ -22,6 +24,8 @@ rule make_pseudo:
     params:
         threshold=lambda w: float(w.threshold),
     localrule: True
+    conda:
+        "../../envs/webfg.yaml"
     script:
         "../scripts/make_pseudo.py"
 

@@ -20,6 +20,8 @@ rule infer_probs:
     resources:
         gpu=lambda w: min(1, model_resources(w.model)["gpus"]),
         mem_mb=lambda w: model_resources(w.model)["mem_mb"],
+    conda:
+        "../../envs/webfg.yaml"
     script:
         "../scripts/infer_probs.py"
 
@@ -40,5 +42,7 @@ rule score_train:
     resources:
         gpu=lambda w: min(1, model_resources(w.model)["gpus"]),
         mem_mb=lambda w: model_resources(w.model)["mem_mb"],
+    conda:
+        "../../envs/webfg.yaml"
     script:
         "../scripts/infer_probs.py"

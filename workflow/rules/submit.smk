@@ -7,6 +7,8 @@ rule final_ensemble:
         "logs/final/ensemble.log",
     params:
         power=FINAL["power"],
+    conda:
+        "../../envs/webfg.yaml"
     script:
         "../scripts/ensemble_probs.py"
 
@@ -27,6 +29,8 @@ rule redistribute:
     params:
         method=FINAL["redistribute"]["method"],
         k=FINAL["redistribute"]["k"],
+    conda:
+        "../../envs/webfg.yaml"
     script:
         "../scripts/redistribute.py"
 
@@ -40,5 +44,7 @@ rule zip_submission:
     log:
         "logs/final/zip_submission.log",
     localrule: True
+    conda:
+        "../../envs/webfg.yaml"
     script:
         "../scripts/zip_submission.py"

@@ -29,5 +29,7 @@ if ANSWERS:
             final=FINAL,
             noise_filter=NOISE["enabled"],
         localrule: True
+        conda:
+            "../../envs/webfg.yaml"
         script:
             "../scripts/summarize.py"

@@ -7,6 +7,8 @@ rule merge_meta:
     log:
         "logs/{round}/meta/merge_meta.log",
     localrule: True
+    conda:
+        "../../envs/webfg.yaml"
     script:
         "../scripts/merge_meta.py"
 
@@ -16,6 +18,7 @@ rule train_model:
         train="results/{round}/meta/train.txt",
         val="results/clean/val.txt",
         stats="results/clean/stats.json",
+        pretrained=lambda w: MODELS[w.model].get("pretrained_file") or [],
     output:
         model="results/{round}/train/{model}.pt",
         history=report(
@@ -39,5 +42,7 @@ rule train_model:
         gpu=lambda w: model_resources(w.model)["gpus"],
         mem_mb=lambda w: model_resources(w.model)["mem_mb"],
         runtime=lambda w: model_resources(w.model)["runtime"],
+    conda:
+        "../../envs/webfg.yaml"
     script:
         "../scripts/train_model.py"

