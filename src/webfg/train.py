@@ -179,7 +179,7 @@ def train(
                 criterion.load_state_dict(state["criterion"])
             torch.set_rng_state(state["torch_rng"])
             start_epoch, history = state["epoch"] + 1, json.loads(state["history"])
-            log(f"resumed from {last} at epoch {start_epoch}")
+            log(f"resumed from {last} after epoch {start_epoch}")
         else:
             log(f"ignoring {state_dir}: it belongs to another config or training list")
             shutil.rmtree(state_dir)
@@ -190,9 +190,13 @@ def train(
         f"lr {world_lr:.2e}, {steps_per_epoch} steps/epoch, threads {torch.get_num_threads()}")
     t_start = time.time()
     for epoch in range(start_epoch, cfg.epochs):
-        # per-epoch seeds make a resumed run draw the same batches and augmentations
-        g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        random.seed(cfg.seed * 100_003 + epoch)
+        # per-epoch seeds make a resumed run draw the same batches, augmentations
+        # (timm uses python's and numpy's global RNGs) and drop-path masks
+        epoch_seed = cfg.seed * 100_003 + epoch
+        g = torch.Generator().manual_seed(epoch_seed)
+        random.seed(epoch_seed)
+        np.random.seed(epoch_seed % 2**32)
+        torch.manual_seed(epoch_seed)
         loader = torch.utils.data.DataLoader(
             train_set, batch_size=cfg.batch_size, shuffle=True, generator=g, drop_last=use_mixup
         )
