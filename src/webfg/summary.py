@@ -42,10 +42,12 @@ def removed_paths(path, faults: set[str] = frozenset()) -> set[str]:
 
 def summarize(results, rounds: dict, splits: list[str], final: dict, answers_dir, noise_filter: bool,
               out_tsv, out_json) -> dict:
-    """Write one row per round plus the final ensemble and the submission.
+    """Write one row per round, then the final ensemble, the submission, and the two
+    cleaning stages scored against the injected faults (when ``faults.tsv`` exists).
 
     Columns: stage, train_images, pseudo_images, pseudo_precision, mean_val_accuracy,
-    accuracy_<split> (ensemble, argmax) for every split, best_model_accuracy_<final split>.
+    accuracy_<split> (ensemble, argmax) for every split, best_model_accuracy_<final split>,
+    removed, removal_precision, removal_recall.
     """
     results, answers_dir = Path(results), Path(answers_dir)
     answers = {s: load_answers(answers_dir / f"{s}.txt") for s in splits}
@@ -88,8 +90,14 @@ def summarize(results, rounds: dict, splits: list[str], final: dict, answers_dir
         if noise_filter:
             summary["noise_filter"] = cleaning_scores(removed_paths(results / "clean" / "noise_removed.tsv"), noisy)
 
+    for stage in ("clean_split", "noise_filter"):
+        if stage in summary:
+            scores = summary[stage]
+            rows.append({"stage": stage, "removed": scores["removed"], "removal_precision": scores["precision"],
+                         "removal_recall": scores["recall"]})
     columns = ["stage", "train_images", "pseudo_images", "pseudo_precision", "mean_val_accuracy",
-               *[f"accuracy_{s}" for s in splits], f"best_model_accuracy_{fs}"]
+               *[f"accuracy_{s}" for s in splits], f"best_model_accuracy_{fs}",
+               "removed", "removal_precision", "removal_recall"]
     lines = ["\t".join(columns)]
     for row in rows:
         lines.append("\t".join(_fmt(row.get(c, "")) for c in columns))
