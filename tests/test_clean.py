@@ -113,3 +113,15 @@ def test_filter_noisy_removes_only_confident_disagreements(tmp_path):
     assert stats == {"kept": 2, "removed": 1}
     assert read_split_list(tmp_path / "kept.txt") == [("train/a.png", 0), ("train/c.png", 2)]
     assert "train/b.png\timplausible label 1" in (tmp_path / "rm.tsv").read_text()
+
+
+def test_filter_noisy_matches_rows_in_any_order(tmp_path):
+    train = tmp_path / "train.txt"
+    train.write_text("train/a.png 0\ntrain/b.png 1\ntrain/c.png 2\n", encoding="utf-8")
+    # the scoring prediction lists the rows in another order: c, a, b
+    probs = np.array([[0.1, 0.1, 0.8], [0.01, 0.01, 0.98], [0.96, 0.02, 0.02]])
+    stats = filter_noisy(train, probs, ["train/c.png", "train/a.png", "train/b.png"],
+                         tmp_path / "kept.txt", tmp_path / "rm.tsv", max_label_prob=0.05, min_top_prob=0.5)
+    # a: label 0 at 0.01, class 2 at 0.98 -> removed; b: label 1 at 0.02, class 0 at 0.96 -> removed
+    assert stats == {"kept": 1, "removed": 2}
+    assert read_split_list(tmp_path / "kept.txt") == [("train/c.png", 2)]

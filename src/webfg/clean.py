@@ -184,17 +184,25 @@ def filter_noisy(
     """
     samples = read_split_list(train_list)
     row_of = {p: i for i, p in enumerate(relpaths)}
-    kept, removed = [], []
-    for relpath, label in samples:
-        if relpath not in row_of:
-            raise InputError(f"{train_list}: {relpath} has no row in the scoring prediction")
-        row = np.asarray(probs[row_of[relpath]], dtype=np.float32)
-        top = int(row.argmax())
-        if row[label] < max_label_prob and top != label and row[top] >= min_top_prob:
-            removed.append((relpath, f"implausible label {label}: p={row[label]:.3f}, "
-                                     f"ensemble says {top} (p={row[top]:.3f})"))
-        else:
-            kept.append((relpath, label))
+    missing = [p for p, _ in samples if p not in row_of]
+    if missing:
+        raise InputError(f"{train_list}: {missing[0]} has no row in the scoring prediction")
+    rows = np.array([row_of[p] for p, _ in samples], dtype=np.int64)
+    labels = np.array([y for _, y in samples], dtype=np.int64)
+    label_prob = np.empty(len(samples), np.float32)
+    top_prob = np.empty(len(samples), np.float32)
+    top = np.empty(len(samples), np.int64)
+    for start in range(0, len(samples), 8192):  # bounded memory on a memory-mapped matrix
+        part = slice(start, start + 8192)
+        block = np.asarray(probs[np.sort(rows[part])], dtype=np.float32)
+        block = block[np.argsort(np.argsort(rows[part]))]  # back to sample order
+        label_prob[part] = block[np.arange(len(block)), labels[part]]
+        top[part] = block.argmax(1)
+        top_prob[part] = block.max(1)
+    implausible = (label_prob < max_label_prob) & (top != labels) & (top_prob >= min_top_prob)
+    kept = [s for s, bad in zip(samples, implausible) if not bad]
+    removed = [(p, f"implausible label {y}: p={label_prob[i]:.3f}, ensemble says {top[i]} (p={top_prob[i]:.3f})")
+               for i, ((p, y), bad) in enumerate(zip(samples, implausible)) if bad]
     write_split_list(out_list, kept)
     write_removed(out_removed, removed)
     log(f"noise filter: kept {len(kept)}, removed {len(removed)} of {len(samples)}")

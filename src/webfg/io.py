@@ -122,8 +122,8 @@ def prediction_paths(stem: str | os.PathLike) -> tuple[Path, Path, Path]:
 
 
 def save_predictions(stem, probs: np.ndarray, relpaths: Sequence[str], meta: dict) -> None:
-    """Write the three files of SPEC C, each atomically (npy last is not needed:
-    every reader checks that row count and matrix agree)."""
+    """Write the three files of SPEC C, each atomically; ``load_predictions`` checks
+    that the matrix and the row list agree."""
     npy, rows, js = prediction_paths(stem)
     probs = np.asarray(probs)
     if probs.ndim != 2 or probs.shape[0] != len(relpaths):

@@ -51,6 +51,7 @@ def summarize(results, rounds: dict, splits: list[str], final: dict, answers_dir
     """
     results, answers_dir = Path(results), Path(answers_dir)
     answers = {s: load_answers(answers_dir / f"{s}.txt") for s in splits}
+    all_answers = {k: v for a in answers.values() for k, v in a.items()}
     fs = final["split"]
     rows = []
     for name, rnd in rounds.items():
@@ -61,7 +62,6 @@ def summarize(results, rounds: dict, splits: list[str], final: dict, answers_dir
         if pseudo:
             for s in pseudo["splits"]:
                 labelled += read_split_list(results / pseudo["from"] / "pseudo" / f"{s}@{pseudo['threshold']:g}.txt")
-        all_answers = {k: v for a in answers.values() for k, v in a.items()}
         row["pseudo_images"] = len(labelled)
         row["pseudo_precision"] = pseudo_precision(labelled, all_answers) if labelled else float("nan")
         vals = [load_predictions(results / name / "infer" / m / "val")[2]["val_accuracy"] for m in rnd["models"]]

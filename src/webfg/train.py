@@ -177,7 +177,6 @@ def train(
             optimizer.load_state_dict(state["optimizer"])
             if isinstance(criterion, SoftmaxEQL):
                 criterion.load_state_dict(state["criterion"])
-            torch.set_rng_state(state["torch_rng"])
             start_epoch, history = state["epoch"] + 1, json.loads(state["history"])
             log(f"resumed from {last} after epoch {start_epoch}")
         else:
@@ -227,7 +226,7 @@ def train(
         stale.unlink(missing_ok=True)
         save_torch({
             "fingerprint": fp, "epoch": epoch, "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+            "optimizer": optimizer.state_dict(),
             "criterion": criterion.state_dict() if isinstance(criterion, SoftmaxEQL) else {},
             "history": json.dumps(history),
         }, last)
