@@ -88,6 +88,16 @@ def _submit(a):
     write_submission(a.csv, a.zip, rows, labels)
 
 
+def _import_legacy(a):
+    from pathlib import Path
+
+    from webfg.legacy import import_legacy
+
+    for pkl in a.pickles:
+        meta = import_legacy(pkl, Path(a.out_dir) / Path(pkl).stem, a.split)
+        print(f"{pkl}: accuracy {meta['val_accuracy']:.4f} -> {Path(a.out_dir) / Path(pkl).stem}.npy")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="webfg", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -154,6 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--counts", required=True)
     s.set_defaults(func=_redistribute)
+
+    s = sub.add_parser("import-legacy", help="the original's result pickles -> prediction files (safely)",
+                       epilog="example: webfg import-legacy results/*.pkl --out-dir results/legacy --split testb")
+    s.add_argument("pickles", nargs="+")
+    s.add_argument("--out-dir", required=True)
+    s.add_argument("--split", default="testb", help="rows become <split>/<file name>")
+    s.set_defaults(func=_import_legacy)
 
     s = sub.add_parser("submit", help="labels TSV -> submission CSV + zip")
     s.add_argument("labels")

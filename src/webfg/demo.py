@@ -25,7 +25,6 @@ import importlib.util
 import io
 import json
 import os
-import pickle
 import secrets
 import shutil
 import struct
@@ -40,6 +39,7 @@ import numpy as np
 from PIL import Image
 
 from webfg.io import InputError, read_json, write_json, write_split_list, write_text
+from webfg.safe_pickle import NumpyArrayUnpickler, load_numpy_pickle  # noqa: F401 (re-exported)
 
 FORMAT_VERSION = "webfg-demo/1"
 FAULT_KINDS = ("truncated", "undecodable", "duplicate", "conflict", "label_noise")
@@ -179,59 +179,6 @@ def read_idx_gz(path: Path, ndim: int) -> np.ndarray:
     if len(raw) != header + int(np.prod(dims)):
         raise InputError(f"{path}: IDX dims {dims} do not match its size ({len(raw) - header} bytes of data)")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
-
-
-def _numpy_globals() -> dict:
-    """The globals a pickled numpy array names (protocols 3-5, numpy 1.x and 2.x spellings)."""
-    try:
-        from numpy._core import multiarray, numeric  # numpy >= 2
-    except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core import multiarray, numeric
-    allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
-    for prefix in ("numpy.core", "numpy._core"):
-        allowed[(f"{prefix}.multiarray", "_reconstruct")] = multiarray._reconstruct
-        allowed[(f"{prefix}.multiarray", "scalar")] = multiarray.scalar
-        allowed[(f"{prefix}.numeric", "_frombuffer")] = numeric._frombuffer  # protocol 5
-    return allowed
-
-
-class NumpyArrayUnpickler(pickle.Unpickler):
-    """Unpickler that can rebuild plain numpy arrays and nothing else.
-
-    Why: pickle runs whatever callables the stream names. Restricting
-    ``find_class`` to the few numpy reconstructors means a tampered data file
-    raises ``InputError`` instead of executing code.
-    """
-
-    def __init__(self, file, where: str):
-        super().__init__(file)
-        self.where = where
-        self.allowed = _numpy_globals()
-
-    def find_class(self, module, name):
-        try:
-            return self.allowed[(module, name)]
-        except KeyError:
-            raise InputError(
-                f"{self.where}: refusing to unpickle {module}.{name} "
-                "(only plain numpy arrays are allowed)"
-            ) from None
-
-    def persistent_load(self, pid):
-        raise InputError(f"{self.where}: refusing persistent id {pid!r} in pickle")
-
-
-def load_numpy_pickle(data: bytes, where: str) -> np.ndarray:
-    """Unpickle ``data`` (one numpy array) with :class:`NumpyArrayUnpickler`."""
-    try:
-        obj = NumpyArrayUnpickler(io.BytesIO(data), where).load()
-    except InputError:
-        raise
-    except Exception as e:  # malformed stream: UnpicklingError, EOFError, TypeError, ...
-        raise InputError(f"{where}: not a readable numpy pickle ({type(e).__name__}: {e})") from None
-    if not isinstance(obj, np.ndarray) or obj.dtype.hasobject:
-        raise InputError(f"{where}: expected a numeric numpy array, got {type(obj).__name__}")
-    return obj
 
 
 def _read_gz_pickle(path: Path) -> np.ndarray:
