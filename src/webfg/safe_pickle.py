@@ -58,19 +58,6 @@ class NumpyArrayUnpickler(pickle.Unpickler):
         raise InputError(f"{self.where}: refusing persistent id {pid!r} in pickle")
 
 
-def load_numpy_pickle(data: bytes, where: str) -> np.ndarray:
-    """Unpickle ``data`` (one numpy array) with :class:`NumpyArrayUnpickler`."""
-    try:
-        obj = NumpyArrayUnpickler(io.BytesIO(data), where).load()
-    except InputError:
-        raise
-    except Exception as e:  # malformed stream: UnpicklingError, EOFError, TypeError, ...
-        raise InputError(f"{where}: not a readable numpy pickle ({type(e).__name__}: {e})") from None
-    if not isinstance(obj, np.ndarray) or obj.dtype.hasobject:
-        raise InputError(f"{where}: expected a numeric numpy array, got {type(obj).__name__}")
-    return obj
-
-
 def load_data_pickle(data: bytes, where: str):
     """Unpickle ``data`` into plain data; object arrays are refused too (their elements
     would be arbitrary Python objects)."""
@@ -97,3 +84,11 @@ def _check_plain(obj, where: str) -> None:
             _check_plain(v, where)
     elif not isinstance(obj, (str, bytes, int, float, bool, type(None), np.generic)):
         raise InputError(f"{where}: unexpected {type(obj).__name__} in pickle")
+
+
+def load_numpy_pickle(data: bytes, where: str) -> np.ndarray:
+    """Unpickle ``data`` that must hold exactly one numeric numpy array."""
+    obj = load_data_pickle(data, where)
+    if not isinstance(obj, np.ndarray):
+        raise InputError(f"{where}: expected a numeric numpy array, got {type(obj).__name__}")
+    return obj
