@@ -21,6 +21,7 @@ from PIL import Image
 
 from webfg import demo
 from webfg.io import InputError, read_split_list
+from webfg.safe_pickle import load_numpy_pickle
 
 SPEC = demo.TINY
 NUM_CLASSES = 6
@@ -296,26 +297,26 @@ def test_malicious_pickle_is_refused_without_running(tmp_path):
     marker = tmp_path / "pwned"
     payload = pickle.dumps(_RunsShell(marker))
     with pytest.raises(InputError, match=r"evil\.pkl.*(posix|os)\.system"):
-        demo.load_numpy_pickle(payload, "evil.pkl")
+        load_numpy_pickle(payload, "evil.pkl")
     assert not marker.exists()
     # Hidden next to a valid array in the same pickle.
     wrapped = pickle.dumps({"data": np.zeros(3), "x": _RunsShell(marker)})
     with pytest.raises(InputError, match="refusing"):
-        demo.load_numpy_pickle(wrapped, "evil.pkl")
+        load_numpy_pickle(wrapped, "evil.pkl")
     assert not marker.exists()
     with pytest.raises(InputError, match="builtins.eval"):
-        demo.load_numpy_pickle(b"cbuiltins\neval\n(S'1+1'\ntR.", "evil.pkl")
+        load_numpy_pickle(b"cbuiltins\neval\n(S'1+1'\ntR.", "evil.pkl")
 
 
 def test_plain_arrays_unpickle_and_other_objects_do_not(tmp_path):
     arr = np.arange(12, dtype=np.uint8).reshape(3, 4)
     for protocol in (3, 4, 5):
-        out = demo.load_numpy_pickle(pickle.dumps(arr, protocol=protocol), "ok.pkl")
+        out = load_numpy_pickle(pickle.dumps(arr, protocol=protocol), "ok.pkl")
         assert out.dtype == np.uint8 and np.array_equal(out, arr)
     with pytest.raises(InputError, match="numeric numpy array"):
-        demo.load_numpy_pickle(pickle.dumps([1, 2, 3]), "list.pkl")
+        load_numpy_pickle(pickle.dumps([1, 2, 3]), "list.pkl")
     with pytest.raises(InputError, match="garbage.pkl"):
-        demo.load_numpy_pickle(b"\x80\x04not a pickle", "garbage.pkl")
+        load_numpy_pickle(b"\x80\x04not a pickle", "garbage.pkl")
 
 
 def test_animal_source_reads_through_the_restricted_unpickler():

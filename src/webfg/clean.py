@@ -22,7 +22,7 @@ from PIL import Image
 
 from webfg.io import InputError, read_split_list, write_split_list, write_text
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+DUPLICATE_OF = "duplicate of "  # removed.tsv reason prefix, followed by the kept path
 
 
 def scan_train(root: Path) -> list[tuple[str, int]]:
@@ -126,7 +126,7 @@ def clean_split(
             removed += [(p, f"conflicting labels among identical files: {others}") for p, _ in group]
             continue
         kept.append(first)
-        removed += [(p, f"duplicate of {first[0]}") for p, _ in group[1:]]
+        removed += [(p, f"{DUPLICATE_OF}{first[0]}") for p, _ in group[1:]]
     kept.sort()
 
     rng = np.random.default_rng(seed)

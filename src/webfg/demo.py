@@ -39,7 +39,7 @@ import numpy as np
 from PIL import Image
 
 from webfg.io import InputError, read_json, write_json, write_split_list, write_text
-from webfg.safe_pickle import NumpyArrayUnpickler, load_numpy_pickle  # noqa: F401 (re-exported)
+from webfg.safe_pickle import load_numpy_pickle
 
 FORMAT_VERSION = "webfg-demo/1"
 FAULT_KINDS = ("truncated", "undecodable", "duplicate", "conflict", "label_noise")

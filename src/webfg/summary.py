@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from webfg.clean import DUPLICATE_OF
 from webfg.evaluate import accuracy, cleaning_scores, load_answers, pseudo_precision
 from webfg.io import load_predictions, read_split_list, write_json, write_text
 from webfg.postprocess import predicted_labels, read_labels
@@ -35,7 +36,7 @@ def removed_paths(path, faults: set[str] = frozenset()) -> set[str]:
     out = set()
     with open(path, encoding="utf-8", newline="") as f:
         for row in csv.DictReader(f, delimiter="\t"):
-            kept = row["reason"].removeprefix("duplicate of ")
+            kept = row["reason"].removeprefix(DUPLICATE_OF)
             out.add(kept if row["path"] not in faults and kept in faults else row["path"])
     return out
 
