@@ -169,3 +169,10 @@ def test_workflow_switch_orders_pretraining_before_the_vit(tmp_path):
     assert (clean, pre[0]) in edges  # pre-trains on the cleaned lists
     dot = subprocess.run(snakemake, capture_output=True, text=True, check=True).stdout
     assert "pretrain_mae" not in dot and "train_model" in dot  # off by default
+    # a model naming a pre-training that no entry makes fails at parse time, naming the key
+    (tmp_path / "bad.yaml").write_text("models: {vit_linear: {pretrained_file: results/pretrain/vit_ma.pth}}\n")
+    proc = subprocess.run(snakemake + [str(repo / "config/demo-mae.yaml"), str(tmp_path / "bad.yaml")],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "models.vit_linear.pretrained_file: 'results/pretrain/vit_ma.pth' is made by no pretrain entry" in (
+        proc.stdout + proc.stderr)
