@@ -164,8 +164,8 @@ def pretrain(
     cfg: MAEConfig,
     data_root,
     train_list,
-    unlabelled_lists=(),
-    out_path="mae.pth",
+    unlabelled_lists,
+    out_path,
     state_dir=None,
     threads: int | None = None,
     log=print,
@@ -203,6 +203,7 @@ def pretrain(
     train_set = ImageList(data_root, relpaths, pretrain_transform(cfg))
 
     # ---- resume (the same image lists and config only)
+    # webfg.train's fingerprint per list (config + list bytes; the list's position in place of C)
     fp = hashlib.sha256("".join(fingerprint(cfg, p, i) for i, p in enumerate(lists)).encode()).hexdigest()
     start_epoch, history = 0, []
     last = state_dir / "last.pt"
