@@ -1,7 +1,7 @@
 """MAE pre-training on the demo: the r0 ViT fine-tuned from scratch vs from the encoder
 pre-trained on the demo's train + testa images (config/demo-mae.yaml), side by side.
 
-    python bench/bench_mae.py                 # seeds 0 and 1 of the fine-tuning, ~10 min on 2 cores
+    python bench/bench_mae.py                 # seeds 0 and 1 of the fine-tuning, ~6 min on 2 unshared cores
     python bench/bench_mae.py --seeds 0 --keep /tmp/mae-bench
 
 Both arms run the real workflow (target results/r0/infer/vit_linear/testb.npy) in their own
