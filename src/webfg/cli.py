@@ -32,6 +32,12 @@ def _train(a):
     train(load_model_config(a.config), a.root, a.train_list, a.val_list, a.num_classes, a.out, a.state_dir, a.threads)
 
 
+def _pretrain_mae(a):
+    from webfg.mae import load_mae_config, pretrain
+
+    pretrain(load_mae_config(a.config), a.root, a.train_list, a.unlabelled, a.out, a.state_dir, a.threads)
+
+
 def _infer(a):
     from pathlib import Path
 
@@ -129,6 +135,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--state-dir")
     s.add_argument("--threads", type=int)
     s.set_defaults(func=_train)
+
+    s = sub.add_parser("pretrain-mae", help="MAE pre-training of a ViT encoder (resumes from its state folder)",
+                       epilog="the encoder file starts a model through its pretrained_file")
+    s.add_argument("--config", required=True, help="YAML of webfg.config.MAEConfig fields")
+    s.add_argument("--root", required=True)
+    s.add_argument("--train-list", required=True, help="labelled list; its labels are not used")
+    s.add_argument("--unlabelled", nargs="*", default=[], help="unlabelled lists (e.g. results/clean/testa.txt)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--state-dir")
+    s.add_argument("--threads", type=int)
+    s.set_defaults(func=_pretrain_mae)
 
     s = sub.add_parser("infer", help="flip-TTA probabilities of one model on val and unlabelled lists")
     s.add_argument("--model", required=True)

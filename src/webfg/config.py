@@ -60,15 +60,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "model config") -> "ModelConfig":
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - set(known))
-        if unknown:
-            raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(known)}")
-        hints = typing.get_type_hints(cls)
-        values = {}
-        for key, value in d.items():
-            values[key] = _coerce(value, hints[key], f"{where}.{key}")
-        cfg = cls(**values)
+        cfg = cls(**_checked_fields(cls, d, where))
         if cfg.head not in ("linear", "arcface"):
             raise ValueError(f"{where}.head: {cfg.head!r} is not one of ['arcface', 'linear']")
         if cfg.precision not in PRECISIONS:
@@ -91,6 +83,58 @@ class ModelConfig:
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 RUNTIME_FIELDS = ("channels_last", "compile", "num_workers", "checkpoint_every")
+
+
+@dataclass
+class MAEConfig:
+    """Masked-autoencoder pre-training of a timm ViT encoder (webfg.mae); strict like ModelConfig.
+
+    Defaults follow MAE (He et al. 2022) for ViT-L: mask 75 %, decoder 8 blocks x 512,
+    normalised-pixel loss, AdamW betas (0.9, 0.95), 40 warm-up epochs; the recipe runs 1600 epochs.
+    """
+
+    arch: str  # the fine-tuning model's timm VisionTransformer name ...
+    arch_kwargs: dict = field(default_factory=dict)  # ... and kwargs, so the encoder keys match
+    img_size: int = 224
+    epochs: int = 1600
+    batch_size: int = 64
+    base_lr: float = 6e-4  # per 1024 images (MAE's 1.5e-4 per 256)
+    min_lr: float = 0.0
+    warmup_epochs: float = 40
+    warmup_lr_ratio: float = 1e-4
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    mask_ratio: float = 0.75
+    decoder_dim: int = 512
+    decoder_depth: int = 8
+    decoder_heads: int = 16
+    norm_pix_loss: bool = True  # targets: each patch's pixels normalised by its own mean/std
+    drop_path: float = 0.0
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    hflip: float = 0.5
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "pretrain config") -> "MAEConfig":
+        cfg = cls(**_checked_fields(cls, d, where))
+        if not 0 < cfg.mask_ratio < 1:
+            raise ValueError(f"{where}.mask_ratio: {cfg.mask_ratio} must lie strictly between 0 and 1")
+        return cfg
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _checked_fields(cls, d: dict, where: str) -> dict:
+    """The fields of ``d`` checked against dataclass ``cls``: unknown keys and wrong types fail."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(known)}")
+    hints = typing.get_type_hints(cls)
+    return {key: _coerce(value, hints[key], f"{where}.{key}") for key, value in d.items()}
 
 
 def _coerce(value, hint, where):

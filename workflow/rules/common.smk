@@ -2,7 +2,7 @@ import os
 
 from snakemake.utils import validate
 
-from webfg.config import ModelConfig
+from webfg.config import MAEConfig, ModelConfig
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -13,6 +13,7 @@ ROUNDS = list(config["rounds"])
 NOISE = config["clean"]["noise_filter"]
 FINAL = config["final"]
 ANSWERS = config["data"]["answers"]
+PRETRAIN = config["pretrain"]
 
 
 class ConfigError(ValueError):
@@ -26,6 +27,15 @@ def check_config():
             ModelConfig.from_dict(model_params(name), where=f"models.{name}")
         except ValueError as e:
             raise ConfigError(f"config: {e}") from None
+        check_pretrained_file(name)
+    for name in PRETRAIN:
+        try:
+            MAEConfig.from_dict(pretrain_params(name), where=f"pretrain.{name}")
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"config: {e}") from None
+        for s in PRETRAIN[name]["splits"]:
+            if s not in SPLITS:
+                raise ConfigError(f"config pretrain.{name}.splits: {s!r} is not in data.test_splits {SPLITS}")
     for i, (name, rnd) in enumerate(config["rounds"].items()):
         for m in rnd["models"]:
             if m not in MODELS:
@@ -55,7 +65,31 @@ def model_params(model):
 
 
 def model_resources(model):
-    return {"gpus": 0, "mem_mb": 4000, "runtime": 120, **MODELS[model].get("resources", {})}
+    return entry_resources(MODELS[model])
+
+
+def entry_resources(entry):
+    """A model's or pretrain entry's executor resources, defaults filled in."""
+    return {"gpus": 0, "mem_mb": 4000, "runtime": 120, **entry.get("resources", {})}
+
+
+def pretrain_params(name):
+    """The MAEConfig fields of a pretrain entry (splits and resources stripped)."""
+    return {k: v for k, v in PRETRAIN[name].items() if k not in ("splits", "resources")}
+
+
+def check_pretrained_file(model):
+    """A model starting from results/pretrain/<name>.pth needs that entry, with its arch."""
+    path = MODELS[model].get("pretrained_file") or ""
+    if not path.startswith("results/pretrain/"):
+        return
+    name = path.removeprefix("results/pretrain/").removesuffix(".pth")
+    if name not in PRETRAIN or path != f"results/pretrain/{name}.pth":
+        raise ConfigError(f"config models.{model}.pretrained_file: {path!r} is made by no pretrain entry "
+                          f"(pretrain: {sorted(PRETRAIN)}; expected results/pretrain/<name>.pth)")
+    if PRETRAIN[name]["arch"] != MODELS[model]["arch"]:
+        raise ConfigError(f"config models.{model}.arch: {MODELS[model]['arch']!r} is not the arch "
+                          f"{PRETRAIN[name]['arch']!r} of pretrain.{name}, its pretrained_file")
 
 
 check_config()
