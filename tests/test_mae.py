@@ -84,14 +84,15 @@ def test_config_is_strict():
         MaskedAutoencoder(MAEConfig.from_dict({**CFG, "arch": "resnet18", "arch_kwargs": {}}))
 
 
-def test_bad_config_file_is_a_one_line_error(tmp_path):
+def test_bad_config_file_is_a_one_line_error(tmp_path, capsys):
     (tmp_path / "m.yaml").write_text("arch: vit_tiny_patch16_224\ndecoder_depth: two\n")
     with pytest.raises(InputError, match=r"m.yaml.decoder_depth: expected int, got 'two'"):
         load_mae_config(tmp_path / "m.yaml")
     with pytest.raises(SystemExit) as e:
         main(["pretrain-mae", "--config", str(tmp_path / "m.yaml"), "--root", str(tmp_path),
               "--train-list", str(tmp_path / "t.txt"), "--out", str(tmp_path / "e.pth")])
-    assert str(e.value.code).startswith("webfg pretrain-mae: error: ") and "decoder_depth" in str(e.value.code)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("webfg pretrain-mae: error: ") and "decoder_depth" in err
 
 
 def test_pretraining_lowers_the_loss_and_the_encoder_starts_fine_tuning(data, tmp_path):

@@ -45,7 +45,8 @@ from webfg.model import Classifier
 
 
 def fingerprint(cfg: ModelConfig, train_list, num_classes: int) -> str:
-    h = hashlib.sha256(json.dumps(cfg.learning_dict(), sort_keys=True).encode())
+    settings = cfg.learning_dict() if hasattr(cfg, "learning_dict") else cfg.to_dict()  # runtime knobs left out
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     h.update(Path(train_list).read_bytes())
     h.update(str(num_classes).encode())
     return h.hexdigest()
