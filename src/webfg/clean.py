@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from webfg.io import InputError, read_split_list, write_split_list, write_text
+from webfg.progress import progress
 
 DUPLICATE_OF = "duplicate of "  # removed.tsv reason prefix, followed by the kept path
 
@@ -105,7 +106,7 @@ def clean_split(
 
     removed: list[tuple[str, str]] = []
     by_hash: dict[str, list[tuple[str, int]]] = defaultdict(list)
-    for relpath, label in samples:
+    for relpath, label in progress(samples, desc="clean_split: decode train", unit="img"):
         path = root / relpath
         try:
             data = path.read_bytes()
@@ -146,7 +147,7 @@ def clean_split(
 
     tests = {s: scan_test_split(root, s) for s in test_splits}
     for split, relpaths in tests.items():
-        for relpath in relpaths:
+        for relpath in progress(relpaths, desc=f"clean_split: decode {split}", unit="img"):
             err = decode_error((root / relpath).read_bytes())
             if err:
                 raise InputError(f"{root / relpath}: unreadable test image ({err})")
@@ -192,7 +193,7 @@ def filter_noisy(
     label_prob = np.empty(len(samples), np.float32)
     top_prob = np.empty(len(samples), np.float32)
     top = np.empty(len(samples), np.int64)
-    for start in range(0, len(samples), 8192):  # bounded memory on a memory-mapped matrix
+    for start in progress(range(0, len(samples), 8192), desc="filter_noisy", unit="chunk"):  # bounded memory
         part = slice(start, start + 8192)
         block = np.asarray(probs[np.sort(rows[part])], dtype=np.float32)
         block = block[np.argsort(np.argsort(rows[part]))]  # back to sample order
