@@ -9,4 +9,5 @@ include: "workflow/Snakefile"
 rule all:
     input:
         all_targets(),
+        plot_targets(),
     default_target: True
