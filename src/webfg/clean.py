@@ -1,6 +1,8 @@
 """clean_split: ingest the ACCV layout, drop what cannot be trained on, split off val.
 
-Layout under the data root: ``train/<class id>/<image>`` (class ids are integers),
+Layout under the data root: ``train/<class>/<image>``, where the class folders are
+integer ids (``0000``…) or all names (``cat``, ``dog``: numbered in sorted order and
+listed in ``classes.tsv``, which maps ids back to folder names),
 flat folders for each test split (``testa/``, ``testb/``), optionally ``meta/all.txt``
 (the original's annotation list: paths relative to ``train/``). All lists written
 here use paths relative to the data root.
@@ -26,24 +28,40 @@ from webfg.progress import progress
 DUPLICATE_OF = "duplicate of "  # removed.tsv reason prefix, followed by the kept path
 
 
-def scan_train(root: Path) -> list[tuple[str, int]]:
-    """``train/<id>/<file>`` → [(relpath, id)], sorted. Every class folder must hold a file."""
+def class_ids(names: list[str], where: Path) -> dict[str, int]:
+    """Class folder name → id: integer names are their own ids (the ACCV layout); folders
+    named by words are numbered 0..C-1 in sorted order. A mix of both is refused."""
+    numeric = [n for n in names if n.isdigit()]
+    if len(numeric) == len(names):
+        return {n: int(n) for n in names}
+    if numeric:
+        words = [n for n in names if not n.isdigit()]
+        raise InputError(f"{where}: class folders mix integer ids ({numeric[0]}, ...) and names "
+                         f"({words[0]}, ...); expected all ids (0000, 0001, ...) or all names")
+    return {n: i for i, n in enumerate(sorted(names))}
+
+
+def image_files(folder: Path) -> list[Path]:
+    return sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith("."))
+
+
+def scan_train(root: Path) -> tuple[list[tuple[str, int]], dict[str, int]]:
+    """``train/<class>/<file>`` → ([(relpath, id)] sorted, {folder name: id}).
+    Every class folder must hold a file."""
     train = root / "train"
     if not train.is_dir():
         raise InputError(f"{train}: no train/ folder (expected train/<class id>/<image>)")
+    folders = sorted(p for p in train.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise InputError(f"{train}: no class folders")
+    ids = class_ids([p.name for p in folders], train)
     samples = []
-    for class_dir in sorted(p for p in train.iterdir() if p.is_dir()):
-        try:
-            label = int(class_dir.name)
-        except ValueError:
-            raise InputError(f"{class_dir}: class folder names must be integer class ids") from None
-        files = sorted(f for f in class_dir.iterdir() if f.is_file() and not f.name.startswith("."))
+    for class_dir in folders:
+        files = image_files(class_dir)
         if not files:
             raise InputError(f"{class_dir}: empty class (no image files)")
-        samples += [(f.relative_to(root).as_posix(), label) for f in files]
-    if not samples:
-        raise InputError(f"{train}: no class folders")
-    return samples
+        samples += [(f.relative_to(root).as_posix(), ids[class_dir.name]) for f in files]
+    return sorted(samples), ids
 
 
 def scan_test_split(root: Path, split: str) -> list[str]:
@@ -51,8 +69,7 @@ def scan_test_split(root: Path, split: str) -> list[str]:
     folder = root / split
     if not folder.is_dir():
         raise InputError(f"{folder}: test split folder not found")
-    files = sorted(f.relative_to(root).as_posix() for f in folder.iterdir()
-                   if f.is_file() and not f.name.startswith("."))
+    files = [f.relative_to(root).as_posix() for f in image_files(folder)]
     if not files:
         raise InputError(f"{folder}: test split has no images")
     return files
@@ -90,8 +107,9 @@ def clean_split(
     if meta_all:
         listed = read_split_list(meta_all, num_classes)
         samples = [("train/" + p, y) for p, y in listed]
+        names = {}
     else:
-        samples = scan_train(root)
+        samples, names = scan_train(root)
     labels = [y for _, y in samples]
     if num_classes is None:
         num_classes = max(labels) + 1
@@ -156,12 +174,33 @@ def clean_split(
     write_split_list(out_dir / "train.txt", sorted(train))
     write_split_list(out_dir / "val.txt", sorted(val))
     write_removed(out_dir / "removed.tsv", removed)
+    write_classes(out_dir / "classes.tsv", names, num_classes)
     for split, relpaths in tests.items():
         write_split_list(out_dir / f"{split}.txt", relpaths)
     stats = {"found": len(samples), "train": len(train), "val": len(val), "removed": len(removed),
              "num_classes": num_classes, **{f"num_{s}": len(r) for s, r in tests.items()}}
     log(" ".join(f"{k}={v}" for k, v in stats.items()))
     return stats
+
+
+def write_classes(path, names: dict[str, int], num_classes: int) -> None:
+    """``id<TAB>name`` for every class: the folder name, or the 4-digit id without folders."""
+    by_id = {i: n for n, i in names.items()}
+    write_text(path, "id\tname\n" + "".join(f"{c}\t{by_id.get(c, f'{c:04d}')}\n" for c in range(num_classes)))
+
+
+def read_classes(path) -> list[str]:
+    """Class names by id, from ``classes.tsv``."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    if not lines or lines[0] != "id\tname":
+        raise InputError(f"{path}:1: expected header 'id<TAB>name'")
+    names = []
+    for lineno, line in enumerate(lines[1:], 2):
+        parts = line.split("\t")
+        if len(parts) != 2 or parts[0] != str(len(names)):
+            raise InputError(f"{path}:{lineno}: expected '{len(names)}<TAB><name>'")
+        names.append(parts[1])
+    return names
 
 
 def write_removed(path, rows) -> None:

@@ -12,11 +12,13 @@ rule clean_split:
             caption="../report/removed.rst",
         ),
         stats="results/clean/stats.json",
+        classes="results/clean/classes.tsv",  # id -> class folder name
         tests=expand("results/clean/{split}.txt", split=SPLITS),
     log:
         "logs/clean/clean_split.log",
     params:
-        root=DATA_ROOT,
+        # read in place, not staged; a function, as it is no prefix of an input
+        root=lambda w: DATA_ROOT,
         num_classes=config["data"]["num_classes"],
         meta_all=config["data"]["meta_all"],
         splits=SPLITS,

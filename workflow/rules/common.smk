@@ -104,3 +104,21 @@ def all_targets():
     if ANSWERS:
         targets.append("results/summary.tsv")
     return targets
+
+
+def plot_targets():
+    """Every figure the report shows for this config."""
+    targets = [
+        f"results/plots/{r}/{m}.history.png"
+        for r in ROUNDS
+        for m in config["rounds"][r]["models"]
+    ]
+    targets += ["results/plots/val_accuracy.png", "results/plots/removals.png"]
+    targets += ["results/plots/class_counts.png"]
+    for r in ROUNDS:
+        for listing in pseudo_lists(r):
+            rnd, _, name = listing.split("/")[1:]
+            targets.append(f"results/plots/{rnd}/pseudo_{name[: -len('.txt')]}.png")
+    if ANSWERS:
+        targets.append("results/plots/round_accuracy.png")
+    return list(dict.fromkeys(targets))
