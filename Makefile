@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test test-fast dag clean
+.PHONY: install demo test test-fast dag lint clean
 
 install: $(VENV)/.installed
 
@@ -35,5 +35,14 @@ test: install
 test-fast: install
 	WEBFG_SKIP_DEMO=1 $(BIN)/python -m pytest
 
+# docs/rulegraph.svg, the README's picture of the stages: rerun after adding or renaming rules
 dag: install
-	$(BIN)/snakemake --configfile config/demo.yaml --rulegraph | dot -Tsvg > rulegraph.svg
+	command -v dot >/dev/null || \
+		{ $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq graphviz; }
+	$(BIN)/snakemake --configfile config/demo.yaml --rulegraph | dot -Tsvg > docs/rulegraph.svg.tmp
+	mv docs/rulegraph.svg.tmp docs/rulegraph.svg
+
+# the workflow-catalog checks (also run by the tests: tests/test_hygiene.py)
+lint: install
+	$(BIN)/snakemake --configfile config/demo.yaml --lint
+	$(BIN)/snakefmt --check Snakefile workflow/

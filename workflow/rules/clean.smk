@@ -16,6 +16,8 @@ rule clean_split:
         tests=expand("results/clean/{split}.txt", split=SPLITS),
     log:
         "logs/clean/clean_split.log",
+    benchmark:
+        "benchmarks/clean/clean_split.tsv"
     params:
         # read in place, not staged; a function, as it is no prefix of an input
         root=lambda w: DATA_ROOT,
@@ -40,6 +42,8 @@ rule filter_noisy:
         removed="results/clean/noise_removed.tsv",
     log:
         "logs/clean/filter_noisy.log",
+    benchmark:
+        "benchmarks/clean/filter_noisy.tsv"
     params:
         max_label_prob=NOISE["max_label_prob"],
         min_top_prob=NOISE["min_top_prob"],
