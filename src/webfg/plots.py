@@ -111,6 +111,7 @@ def plot_class_counts(counts_tsv, out_png, k: int | None = None) -> dict[str, li
     if k:
         ax.axvline(k, color="black", ls="--", label=f"K = {k}")
     ax.set(xlabel="predicted images per class", ylabel="classes", title=f"class counts ({len(rows)} classes)")
+    ax.yaxis.get_major_locator().set_params(integer=True)
     ax.legend()
     _save(fig, out_png)
     return {"before": before, "after": after}
