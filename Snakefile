@@ -10,4 +10,5 @@ rule all:
     input:
         all_targets(),
         plot_targets(),
+        "results/clean/classes.tsv",
     default_target: True

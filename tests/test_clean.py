@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from webfg.clean import clean_split, filter_noisy, read_classes
+from webfg.clean import clean_split, filter_noisy, read_classes, write_class_list
 from webfg.io import InputError, read_split_list
 
 
@@ -133,12 +133,15 @@ def test_class_folders_named_by_words_get_ids_in_sorted_order(tmp_path):
     for c, name in enumerate(["zebra", "ant", "moth"]):
         (root / "train" / f"{c:04d}").rename(root / "train" / name)
     clean_split(root, out, val_fraction=0.2, test_splits=["testa"])
+    assert write_class_list(root, out / "classes.tsv", num_classes=3) == ["ant", "moth", "zebra"]
     assert read_classes(out / "classes.tsv") == ["ant", "moth", "zebra"]
     labels = {p.split("/")[1]: y for p, y in read_split_list(out / "all.txt")}
     assert labels == {"ant": 0, "moth": 1, "zebra": 2}
     make_tree(tmp_path / "numeric")
-    clean_split(tmp_path / "numeric", tmp_path / "ids")
+    write_class_list(tmp_path / "numeric", tmp_path / "ids/classes.tsv")
     assert read_classes(tmp_path / "ids/classes.tsv") == ["0000", "0001", "0002"]
+    with pytest.raises(InputError, match="3 class folders, data.num_classes is 4"):
+        write_class_list(tmp_path / "numeric", tmp_path / "x.tsv", num_classes=4)
     (out / "classes.tsv").write_text("id\tname\n0\tant\n2\tzebra\n")
     with pytest.raises(InputError, match=r"classes.tsv:3: expected '1<TAB><name>'"):
         read_classes(out / "classes.tsv")

@@ -195,6 +195,8 @@ def test_report_embeds_every_plot_with_its_labels(tiny_run, tiny_report):
     for table in ["results/summary.tsv", "results/final/class_counts.tsv", "results/clean/removed.tsv"]:
         assert table in results
     assert not re.search(r"<(script|img|link)[^>]+(src|href)=[\"']https?:", html)  # nothing fetched online
+    classes = (tiny_run / "results/clean/classes.tsv").read_text().splitlines()
+    assert classes == ["id\tname"] + [f"{i}\t{i:04d}" for i in range(6)]  # the class list (rule all)
 
 
 def chromium(*args, cwd):

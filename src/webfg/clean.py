@@ -107,9 +107,8 @@ def clean_split(
     if meta_all:
         listed = read_split_list(meta_all, num_classes)
         samples = [("train/" + p, y) for p, y in listed]
-        names = {}
     else:
-        samples, names = scan_train(root)
+        samples, _ = scan_train(root)
     labels = [y for _, y in samples]
     if num_classes is None:
         num_classes = max(labels) + 1
@@ -174,7 +173,6 @@ def clean_split(
     write_split_list(out_dir / "train.txt", sorted(train))
     write_split_list(out_dir / "val.txt", sorted(val))
     write_removed(out_dir / "removed.tsv", removed)
-    write_classes(out_dir / "classes.tsv", names, num_classes)
     for split, relpaths in tests.items():
         write_split_list(out_dir / f"{split}.txt", relpaths)
     stats = {"found": len(samples), "train": len(train), "val": len(val), "removed": len(removed),
@@ -183,10 +181,24 @@ def clean_split(
     return stats
 
 
-def write_classes(path, names: dict[str, int], num_classes: int) -> None:
-    """``id<TAB>name`` for every class: the folder name, or the 4-digit id without folders."""
-    by_id = {i: n for n, i in names.items()}
-    write_text(path, "id\tname\n" + "".join(f"{c}\t{by_id.get(c, f'{c:04d}')}\n" for c in range(num_classes)))
+def write_class_list(root, path, num_classes: int | None = None, meta_all=None) -> list[str]:
+    """``id<TAB>name`` for every class: the class folder's name (ids as clean_split gives
+    them), or the 4-digit id when the classes come from a meta list. The submission maps
+    ids back to names with it."""
+    if meta_all:
+        labels = [y for _, y in read_split_list(meta_all, num_classes)]
+        names = [f"{c:04d}" for c in range(num_classes or max(labels) + 1)]
+    else:
+        train = Path(root) / "train"
+        if not train.is_dir():
+            raise InputError(f"{train}: no train/ folder (expected train/<class id>/<image>)")
+        folders = [p.name for p in train.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        ids = class_ids(folders, train)
+        names = sorted(ids, key=ids.get)
+        if num_classes is not None and len(names) != num_classes:
+            raise InputError(f"{train}: {len(names)} class folders, data.num_classes is {num_classes}")
+    write_text(path, "id\tname\n" + "".join(f"{c}\t{n}\n" for c, n in enumerate(names)))
+    return names
 
 
 def read_classes(path) -> list[str]:

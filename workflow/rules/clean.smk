@@ -1,6 +1,6 @@
 rule clean_split:
     input:
-        data_ready(),
+        data_ready,  # a function: the data root (params) is read in place, not an input
     output:
         all="results/clean/all.txt",
         train="results/clean/train.txt",
@@ -12,15 +12,13 @@ rule clean_split:
             caption="../report/removed.rst",
         ),
         stats="results/clean/stats.json",
-        classes="results/clean/classes.tsv",  # id -> class folder name
         tests=expand("results/clean/{split}.txt", split=SPLITS),
     log:
         "logs/clean/clean_split.log",
     benchmark:
         "benchmarks/clean/clean_split.tsv"
     params:
-        # read in place, not staged; a function, as it is no prefix of an input
-        root=lambda w: DATA_ROOT,
+        root=DATA_ROOT,
         num_classes=config["data"]["num_classes"],
         meta_all=config["data"]["meta_all"],
         splits=SPLITS,
@@ -51,3 +49,21 @@ rule filter_noisy:
         "../../envs/webfg.yaml"
     script:
         "../scripts/filter_noisy.py"
+
+
+rule class_list:
+    input:
+        data_ready,
+    output:
+        "results/clean/classes.tsv",  # id -> class folder name, for the submission
+    log:
+        "logs/clean/class_list.log",
+    params:
+        root=DATA_ROOT,
+        num_classes=config["data"]["num_classes"],
+        meta_all=config["data"]["meta_all"],
+    localrule: True
+    conda:
+        "../../envs/webfg.yaml"
+    script:
+        "../scripts/class_list.py"

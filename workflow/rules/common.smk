@@ -68,7 +68,7 @@ wildcard_constraints:
     threshold=r"[0-9]*\.?[0-9]+",
 
 
-def data_ready():
+def data_ready(wildcards=None):
     """The demo rule's marker when the demo is built by the workflow; nothing otherwise."""
     return [os.path.join(DATA_ROOT, "answers", "spec.json")] if config["demo"]["build"] else []
 
