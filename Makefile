@@ -7,14 +7,16 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test test-fast dag clean
+.PHONY: install demo test test-fast dag lint clean
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
-	@# Fashion-MNIST for the demo comes from Debian's package (no download at run time)
-	[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || \
-		{ $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
+	@# Debian packages, in one apt call: Fashion-MNIST for the demo (no download at run time);
+	@# headless Chromium, which loads the HTML report in the tests (+38 s, 113 MB download, 580 MB)
+	pkgs=; [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || pkgs=dataset-fashion-mnist; \
+	command -v chromium >/dev/null || pkgs="$$pkgs chromium"; \
+	[ -z "$$pkgs" ] || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$pkgs; }
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
@@ -32,5 +34,14 @@ test: install
 test-fast: install
 	WEBFG_SKIP_DEMO=1 $(BIN)/python -m pytest
 
+# docs/rulegraph.svg, the README's picture of the stages: rerun after adding or renaming rules
 dag: install
-	$(BIN)/snakemake --configfile config/demo.yaml --rulegraph | dot -Tsvg > rulegraph.svg
+	command -v dot >/dev/null || \
+		{ $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq graphviz; }
+	$(BIN)/snakemake --configfile config/demo.yaml --rulegraph | dot -Tsvg > docs/rulegraph.svg.tmp
+	mv docs/rulegraph.svg.tmp docs/rulegraph.svg
+
+# the workflow-catalog checks (also run by the tests: tests/test_hygiene.py)
+lint: install
+	$(BIN)/snakemake --configfile config/demo.yaml --lint
+	$(BIN)/snakefmt --check Snakefile workflow/

@@ -9,4 +9,6 @@ include: "workflow/Snakefile"
 rule all:
     input:
         all_targets(),
+        plot_targets(),
+        "results/clean/classes.tsv",
     default_target: True

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from webfg.clean import clean_split, filter_noisy
+from webfg.clean import clean_split, filter_noisy, read_classes, write_class_list
 from webfg.io import InputError, read_split_list
 
 
@@ -75,7 +75,7 @@ def test_clean_split_is_deterministic(tmp_path):
     "breakage, message",
     [
         (lambda r: (r / "train/0003").mkdir(), r"0003: empty class"),
-        (lambda r: (r / "train/cats").mkdir(), r"cats: class folder names must be integer"),
+        (lambda r: (r / "train/cats").mkdir(), r"train: class folders mix integer ids \(0000, ...\) and names \(cats"),
         (lambda r: [p.unlink() for p in (r / "testb").iterdir()], r"testb: test split has no images"),
         (lambda r: (r / "testa/t1.png").write_bytes(b"garbage"), r"t1\.png: unreadable test image"),
     ],
@@ -125,3 +125,23 @@ def test_filter_noisy_matches_rows_in_any_order(tmp_path):
     # a: label 0 at 0.01, class 2 at 0.98 -> removed; b: label 1 at 0.02, class 0 at 0.96 -> removed
     assert stats == {"kept": 1, "removed": 2}
     assert read_split_list(tmp_path / "kept.txt") == [("train/c.png", 2)]
+
+
+def test_class_folders_named_by_words_get_ids_in_sorted_order(tmp_path):
+    root, out = tmp_path / "data", tmp_path / "out"
+    make_tree(root)
+    for c, name in enumerate(["zebra", "ant", "moth"]):
+        (root / "train" / f"{c:04d}").rename(root / "train" / name)
+    clean_split(root, out, val_fraction=0.2, test_splits=["testa"])
+    assert write_class_list(root, out / "classes.tsv", num_classes=3) == ["ant", "moth", "zebra"]
+    assert read_classes(out / "classes.tsv") == ["ant", "moth", "zebra"]
+    labels = {p.split("/")[1]: y for p, y in read_split_list(out / "all.txt")}
+    assert labels == {"ant": 0, "moth": 1, "zebra": 2}
+    make_tree(tmp_path / "numeric")
+    write_class_list(tmp_path / "numeric", tmp_path / "ids/classes.tsv")
+    assert read_classes(tmp_path / "ids/classes.tsv") == ["0000", "0001", "0002"]
+    with pytest.raises(InputError, match="3 class folders, data.num_classes is 4"):
+        write_class_list(tmp_path / "numeric", tmp_path / "x.tsv", num_classes=4)
+    (out / "classes.tsv").write_text("id\tname\n0\tant\n2\tzebra\n")
+    with pytest.raises(InputError, match=r"classes.tsv:3: expected '1<TAB><name>'"):
+        read_classes(out / "classes.tsv")

@@ -9,7 +9,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+import base64
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -150,6 +152,86 @@ def test_tiny_rerun_is_a_no_op_and_one_model_change_reruns_only_it(tiny_run, tmp
     # rerun through their inputs (r0's pseudo-labels and noise filter depend on both).
     assert "output: results/r0/train/vit_linear.pt" in out
     assert "output: results/r0/train/swin_arc.pt" not in out
+
+
+TINY_PLOTS = [
+    *[f"results/plots/{r}/{m}.history.png" for r, m in
+      [("r0", "swin_arc"), ("r0", "vit_linear"), ("a1", "swin_arc"), ("a1", "vit_linear"), ("b1", "swin_arc")]],
+    "results/plots/r0/pseudo_testa@0.3.png", "results/plots/a1/pseudo_testa@0.3.png",
+    "results/plots/a1/pseudo_testb@0.3.png", "results/plots/val_accuracy.png", "results/plots/removals.png",
+    "results/plots/class_counts.png", "results/plots/round_accuracy.png",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_report(tiny_run):
+    t0 = time.perf_counter()
+    snakemake(tiny_run, "--configfile", str(REPO / "config/tiny.yaml"), "--report", "report.html")
+    print(f"report: {time.perf_counter() - t0:.1f}s")
+    return tiny_run / "report.html"
+
+
+def report_results(html: str) -> dict:
+    """The report's embedded table of results (a JSON object in a script tag)."""
+    match = re.search(r'<script id="results">\s*var results = (\{.*?\});\s*</script>', html, re.S)
+    assert match, "no results table in the report"
+    return json.loads(match.group(1))
+
+
+def test_report_embeds_every_plot_with_its_labels(tiny_run, tiny_report):
+    html = tiny_report.read_text(encoding="utf-8")
+    results = report_results(html)
+    for path in TINY_PLOTS:
+        entry = results[path]
+        assert entry["mime_type"] == "image/png"
+        header, data = entry["data_uri"].split(",", 1)
+        assert header == f"data:image/png;charset=utf8;filename={Path(path).name};base64"
+        assert base64.b64decode(data) == (tiny_run / path).read_bytes()  # self-contained: the plot itself
+    assert results["results/plots/a1/pseudo_testb@0.3.png"]["labels"] == {
+        "made by": "a1", "split": "testb", "threshold": "0.3"}
+    assert results["results/plots/b1/swin_arc.history.png"]["labels"] == {"round": "b1", "model": "swin_arc"}
+    assert "<strong>swin_arc</strong> in round <strong>b1</strong>" in results[
+        "results/plots/b1/swin_arc.history.png"]["caption"]
+    for table in ["results/summary.tsv", "results/final/class_counts.tsv", "results/clean/removed.tsv"]:
+        assert table in results
+    assert not re.search(r"<(script|img|link)[^>]+(src|href)=[\"']https?:", html)  # nothing fetched online
+    classes = (tiny_run / "results/clean/classes.tsv").read_text().splitlines()
+    assert classes == ["id\tname"] + [f"{i}\t{i:04d}" for i in range(6)]  # the class list (rule all)
+
+
+def chromium(*args, cwd):
+    exe = shutil.which("chromium")
+    cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={cwd / 'profile'}",
+           "--virtual-time-budget=5000", *args]
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed (`make install` adds it)")
+def test_report_renders_plots_in_headless_chromium(tiny_report, tmp_path):
+    """Load the report in a real browser: the menu lists our categories, and opening a
+    plot the way the report's own view button does shows the picture."""
+    from PIL import Image
+
+    dom = chromium("--dump-dom", tiny_report.as_uri(), cwd=tmp_path)
+    text = " ".join(re.sub(r"<[^>]+>", " ", re.sub(r"<(script|style)\b.*?</\1>", "", dom, flags=re.S)).split())
+    for category in ["Training curves", "Validation accuracy", "Pseudo-labels", "Cleaning", "Submission", "Summary"]:
+        assert category in text
+    assert "webfg reproduces the 1st-place recipe" in text  # the method description
+    plot = "results/plots/r0/swin_arc.history.png"
+    html = tiny_report.read_text(encoding="utf-8")
+    show = ('<script>window.addEventListener("load", () => setTimeout(() => app.setView('
+            f'{{content: "img", contentPath: results["{plot}"].data_uri}}), 100));</script>')
+    view = tmp_path / "view.html"
+    end = html.rindex("</body>")  # the last one: bundled scripts contain the string too
+    view.write_text(html[:end] + show + html[end:], encoding="utf-8")
+    dom = chromium("--dump-dom", view.as_uri(), cwd=tmp_path)
+    assert '<img src="data:image/png;charset=utf8;filename=swin_arc.history.png;base64,' in dom
+    chromium("--window-size=1400,900", f"--screenshot={tmp_path / 'shot.png'}", view.as_uri(), cwd=tmp_path)
+    pixels = np.asarray(Image.open(tmp_path / "shot.png").convert("RGB"), dtype=np.int16)[:, 300:]
+    for colour in [(214, 39, 40), (31, 119, 180)]:  # the loss curve (tab:red), the accuracy curve (tab:blue)
+        assert (np.abs(pixels - colour).max(axis=2) < 12).sum() > 50, f"no {colour} pixels: plot not drawn"
 
 
 @pytest.mark.skipif(os.environ.get("WEBFG_SKIP_DEMO") == "1", reason="WEBFG_SKIP_DEMO=1")

@@ -1,6 +1,8 @@
 """clean_split: ingest the ACCV layout, drop what cannot be trained on, split off val.
 
-Layout under the data root: ``train/<class id>/<image>`` (class ids are integers),
+Layout under the data root: ``train/<class>/<image>``, where the class folders are
+integer ids (``0000``…) or all names (``cat``, ``dog``: numbered in sorted order and
+listed in ``classes.tsv``, which maps ids back to folder names),
 flat folders for each test split (``testa/``, ``testb/``), optionally ``meta/all.txt``
 (the original's annotation list: paths relative to ``train/``). All lists written
 here use paths relative to the data root.
@@ -21,28 +23,45 @@ import numpy as np
 from PIL import Image
 
 from webfg.io import InputError, read_split_list, write_split_list, write_text
+from webfg.progress import progress
 
 DUPLICATE_OF = "duplicate of "  # removed.tsv reason prefix, followed by the kept path
 
 
-def scan_train(root: Path) -> list[tuple[str, int]]:
-    """``train/<id>/<file>`` → [(relpath, id)], sorted. Every class folder must hold a file."""
+def class_ids(names: list[str], where: Path) -> dict[str, int]:
+    """Class folder name → id: integer names are their own ids (the ACCV layout); folders
+    named by words are numbered 0..C-1 in sorted order. A mix of both is refused."""
+    numeric = [n for n in names if n.isdigit()]
+    if len(numeric) == len(names):
+        return {n: int(n) for n in names}
+    if numeric:
+        words = [n for n in names if not n.isdigit()]
+        raise InputError(f"{where}: class folders mix integer ids ({numeric[0]}, ...) and names "
+                         f"({words[0]}, ...); expected all ids (0000, 0001, ...) or all names")
+    return {n: i for i, n in enumerate(sorted(names))}
+
+
+def image_files(folder: Path) -> list[Path]:
+    return sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith("."))
+
+
+def scan_train(root: Path) -> tuple[list[tuple[str, int]], dict[str, int]]:
+    """``train/<class>/<file>`` → ([(relpath, id)] sorted, {folder name: id}).
+    Every class folder must hold a file."""
     train = root / "train"
     if not train.is_dir():
         raise InputError(f"{train}: no train/ folder (expected train/<class id>/<image>)")
+    folders = sorted(p for p in train.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise InputError(f"{train}: no class folders")
+    ids = class_ids([p.name for p in folders], train)
     samples = []
-    for class_dir in sorted(p for p in train.iterdir() if p.is_dir()):
-        try:
-            label = int(class_dir.name)
-        except ValueError:
-            raise InputError(f"{class_dir}: class folder names must be integer class ids") from None
-        files = sorted(f for f in class_dir.iterdir() if f.is_file() and not f.name.startswith("."))
+    for class_dir in folders:
+        files = image_files(class_dir)
         if not files:
             raise InputError(f"{class_dir}: empty class (no image files)")
-        samples += [(f.relative_to(root).as_posix(), label) for f in files]
-    if not samples:
-        raise InputError(f"{train}: no class folders")
-    return samples
+        samples += [(f.relative_to(root).as_posix(), ids[class_dir.name]) for f in files]
+    return sorted(samples), ids
 
 
 def scan_test_split(root: Path, split: str) -> list[str]:
@@ -50,8 +69,7 @@ def scan_test_split(root: Path, split: str) -> list[str]:
     folder = root / split
     if not folder.is_dir():
         raise InputError(f"{folder}: test split folder not found")
-    files = sorted(f.relative_to(root).as_posix() for f in folder.iterdir()
-                   if f.is_file() and not f.name.startswith("."))
+    files = [f.relative_to(root).as_posix() for f in image_files(folder)]
     if not files:
         raise InputError(f"{folder}: test split has no images")
     return files
@@ -90,7 +108,7 @@ def clean_split(
         listed = read_split_list(meta_all, num_classes)
         samples = [("train/" + p, y) for p, y in listed]
     else:
-        samples = scan_train(root)
+        samples, _ = scan_train(root)
     labels = [y for _, y in samples]
     if num_classes is None:
         num_classes = max(labels) + 1
@@ -105,7 +123,7 @@ def clean_split(
 
     removed: list[tuple[str, str]] = []
     by_hash: dict[str, list[tuple[str, int]]] = defaultdict(list)
-    for relpath, label in samples:
+    for relpath, label in progress(samples, desc="clean_split: decode train", unit="img"):
         path = root / relpath
         try:
             data = path.read_bytes()
@@ -146,7 +164,7 @@ def clean_split(
 
     tests = {s: scan_test_split(root, s) for s in test_splits}
     for split, relpaths in tests.items():
-        for relpath in relpaths:
+        for relpath in progress(relpaths, desc=f"clean_split: decode {split}", unit="img"):
             err = decode_error((root / relpath).read_bytes())
             if err:
                 raise InputError(f"{root / relpath}: unreadable test image ({err})")
@@ -161,6 +179,40 @@ def clean_split(
              "num_classes": num_classes, **{f"num_{s}": len(r) for s, r in tests.items()}}
     log(" ".join(f"{k}={v}" for k, v in stats.items()))
     return stats
+
+
+def write_class_list(root, path, num_classes: int | None = None, meta_all=None) -> list[str]:
+    """``id<TAB>name`` for every class: the class folder's name (ids as clean_split gives
+    them), or the 4-digit id when the classes come from a meta list. The submission maps
+    ids back to names with it."""
+    if meta_all:
+        labels = [y for _, y in read_split_list(meta_all, num_classes)]
+        names = [f"{c:04d}" for c in range(num_classes or max(labels) + 1)]
+    else:
+        train = Path(root) / "train"
+        if not train.is_dir():
+            raise InputError(f"{train}: no train/ folder (expected train/<class id>/<image>)")
+        folders = [p.name for p in train.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        ids = class_ids(folders, train)
+        names = sorted(ids, key=ids.get)
+        if num_classes is not None and len(names) != num_classes:
+            raise InputError(f"{train}: {len(names)} class folders, data.num_classes is {num_classes}")
+    write_text(path, "id\tname\n" + "".join(f"{c}\t{n}\n" for c, n in enumerate(names)))
+    return names
+
+
+def read_classes(path) -> list[str]:
+    """Class names by id, from ``classes.tsv``."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    if not lines or lines[0] != "id\tname":
+        raise InputError(f"{path}:1: expected header 'id<TAB>name'")
+    names = []
+    for lineno, line in enumerate(lines[1:], 2):
+        parts = line.split("\t")
+        if len(parts) != 2 or parts[0] != str(len(names)):
+            raise InputError(f"{path}:{lineno}: expected '{len(names)}<TAB><name>'")
+        names.append(parts[1])
+    return names
 
 
 def write_removed(path, rows) -> None:
@@ -192,7 +244,7 @@ def filter_noisy(
     label_prob = np.empty(len(samples), np.float32)
     top_prob = np.empty(len(samples), np.float32)
     top = np.empty(len(samples), np.int64)
-    for start in range(0, len(samples), 8192):  # bounded memory on a memory-mapped matrix
+    for start in progress(range(0, len(samples), 8192), desc="filter_noisy", unit="chunk"):  # bounded memory
         part = slice(start, start + 8192)
         block = np.asarray(probs[np.sort(rows[part])], dtype=np.float32)
         block = block[np.argsort(np.argsort(rows[part]))]  # back to sample order

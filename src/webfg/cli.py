@@ -104,6 +104,28 @@ def _import_legacy(a):
         print(f"{pkl}: accuracy {meta['val_accuracy']:.4f} -> {Path(a.out_dir) / Path(pkl).stem}.npy")
 
 
+def _init(a):
+    from webfg.init import init
+
+    init(a.data_dir, a.out, test_splits=a.splits, force=a.force, allow_broken=a.allow_broken)
+
+
+def _status(a):
+    from pathlib import Path
+
+    import yaml
+
+    from webfg.status import collect_status, format_status
+
+    path = Path(a.configfile)
+    if not path.is_file():
+        raise InputError(f"{path}: config file not found (pass --configfile)")
+    config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(config, dict) or not {"data", "models", "rounds"} <= set(config):
+        raise InputError(f"{path}: not a webfg config (expected the keys data, models, rounds)")
+    print(format_status(collect_status(config, a.directory)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="webfg", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -194,6 +216,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--csv", default="results/submit.csv")
     s.add_argument("--zip", default="results/submit.zip")
     s.set_defaults(func=_submit)
+
+    s = sub.add_parser("init", help="inspect a dataset in the ACCV layout and write a config for it",
+                       epilog="example: webfg init data/mybirds --out config/mybirds.yaml")
+    s.add_argument("data_dir")
+    s.add_argument("--out", default="config/my.yaml", help="config to write (default: %(default)s)")
+    s.add_argument("--splits", nargs="+", help="test split folders (default: every folder next to train/)")
+    s.add_argument("--force", action="store_true", help="overwrite --out")
+    s.add_argument("--allow-broken", action="store_true",
+                   help="accept unreadable training images (clean_split drops them)")
+    s.set_defaults(func=_init)
+
+    s = sub.add_parser("status", help="which rounds and models are done, running or pending (starts nothing)")
+    s.add_argument("--configfile", default="config/config.yaml")
+    s.add_argument("-d", "--directory", default=".", help="the run's working directory")
+    s.set_defaults(func=_status)
+
     return p
 
 

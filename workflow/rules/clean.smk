@@ -1,6 +1,6 @@
 rule clean_split:
     input:
-        data_ready(),
+        data_ready,  # a function: the data root (params) is read in place, not an input
     output:
         all="results/clean/all.txt",
         train="results/clean/train.txt",
@@ -15,6 +15,8 @@ rule clean_split:
         tests=expand("results/clean/{split}.txt", split=SPLITS),
     log:
         "logs/clean/clean_split.log",
+    benchmark:
+        "benchmarks/clean/clean_split.tsv"
     params:
         root=DATA_ROOT,
         num_classes=config["data"]["num_classes"],
@@ -38,6 +40,8 @@ rule filter_noisy:
         removed="results/clean/noise_removed.tsv",
     log:
         "logs/clean/filter_noisy.log",
+    benchmark:
+        "benchmarks/clean/filter_noisy.tsv"
     params:
         max_label_prob=NOISE["max_label_prob"],
         min_top_prob=NOISE["min_top_prob"],
@@ -45,3 +49,21 @@ rule filter_noisy:
         "../../envs/webfg.yaml"
     script:
         "../scripts/filter_noisy.py"
+
+
+rule class_list:
+    input:
+        data_ready,
+    output:
+        "results/clean/classes.tsv",  # id -> class folder name, for the submission
+    log:
+        "logs/clean/class_list.log",
+    params:
+        root=DATA_ROOT,
+        num_classes=config["data"]["num_classes"],
+        meta_all=config["data"]["meta_all"],
+    localrule: True
+    conda:
+        "../../envs/webfg.yaml"
+    script:
+        "../scripts/class_list.py"

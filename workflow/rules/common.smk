@@ -102,7 +102,7 @@ wildcard_constraints:
     threshold=r"[0-9]*\.?[0-9]+",
 
 
-def data_ready():
+def data_ready(wildcards=None):
     """The demo rule's marker when the demo is built by the workflow; nothing otherwise."""
     return [os.path.join(DATA_ROOT, "answers", "spec.json")] if config["demo"]["build"] else []
 
@@ -138,3 +138,21 @@ def all_targets():
     if ANSWERS:
         targets.append("results/summary.tsv")
     return targets
+
+
+def plot_targets():
+    """Every figure the report shows for this config."""
+    targets = [
+        f"results/plots/{r}/{m}.history.png"
+        for r in ROUNDS
+        for m in config["rounds"][r]["models"]
+    ]
+    targets += ["results/plots/val_accuracy.png", "results/plots/removals.png"]
+    targets += ["results/plots/class_counts.png"]
+    for r in ROUNDS:
+        for listing in pseudo_lists(r):
+            rnd, _, name = listing.split("/")[1:]
+            targets.append(f"results/plots/{rnd}/pseudo_{name[: -len('.txt')]}.png")
+    if ANSWERS:
+        targets.append("results/plots/round_accuracy.png")
+    return list(dict.fromkeys(targets))

@@ -6,7 +6,7 @@ if config["demo"]["build"]:
         log:
             "logs/demo_data.log",
         params:
-            root=DATA_ROOT,
+            root=lambda w, output: os.path.dirname(os.path.dirname(output.spec)),
             preset=config["demo"]["preset"],
             seed=config["demo"]["seed"],
         conda:

@@ -35,6 +35,8 @@ rule score_train:
         prediction_files("results/{round}/infer/{model}/train"),
     log:
         "logs/{round}/infer/{model}.train.log",
+    benchmark:
+        "benchmarks/{round}/infer/{model}.train.tsv"
     params:
         root=DATA_ROOT,
         splits=["train"],

@@ -1,0 +1,165 @@
+"""webfg init (inspect a dataset, write a commented config that validates) and webfg status."""
+
+import io
+import os
+import subprocess
+import sys
+from base64 import urlsafe_b64encode
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from webfg.cli import main
+from webfg.init import GPU_TIER_IMAGES, build_config, check_config_text, init, inspect_dataset
+from webfg.io import InputError
+from webfg.status import collect_status, format_status
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def png(value: int, size=(40, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full(size[::-1], value, np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def make_dataset(root: Path, classes=("0000", "0001", "0002"), per_class=12, tests=("testa", "testb"), n_test=30):
+    for c, name in enumerate(classes):
+        (root / "train" / name).mkdir(parents=True)
+        for i in range(per_class):
+            (root / "train" / name / f"{i}.png").write_bytes(png(c * 50 + i))
+    for split in tests:
+        (root / split).mkdir()
+        for i in range(n_test):
+            (root / split / f"{i}.png").write_bytes(png(200 + i % 50, size=(64, 48)))
+    return root
+
+
+def test_inspect_reports_classes_counts_splits_and_sizes(tmp_path):
+    root = make_dataset(tmp_path / "d", per_class=12)
+    (root / "train/0001/extra.png").write_bytes(png(1))
+    report = inspect_dataset(root)
+    assert report.class_names == ["0000", "0001", "0002"] and report.class_counts == [12, 13, 12]
+    assert report.test_counts == {"testa": 30, "testb": 30}
+    assert report.checked == 37 + 60 and (40, 30) in report.sizes and (64, 48) in report.sizes
+    text = report.summary()
+    assert "classes: 3 (integer ids)" in text and "train images: 37" in text and "testb (30 images)" in text
+
+
+def test_init_writes_a_config_that_validates_with_a_comment_on_every_key(tmp_path):
+    root = make_dataset(tmp_path / "d", classes=("zebra", "ant", "moth"))
+    out = tmp_path / "cfg.yaml"
+    config = init(root, out, log=lambda *_: None)
+    text = out.read_text()
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            assert " # " in line, f"key without a comment: {line!r}"
+    assert config == yaml.safe_load(text)
+    assert config["data"]["num_classes"] == 3 and config["data"]["test_splits"] == ["testa", "testb"]
+    assert list(config["rounds"]) == ["r0", "a1", "b1"]
+    assert config["rounds"]["b1"]["pseudo"] == {"from": "a1", "splits": ["testa", "testb"], "threshold": 0.45}
+    assert config["final"]["redistribute"]["k"] == 9  # 0.9 x 30 test images / 3 classes
+    assert all(m["resources"]["gpus"] == 0 for m in config["models"].values())  # 36 images: CPU tier
+    assert "0=ant, 1=moth, 2=zebra" in inspect_dataset(root).summary()
+
+
+def test_init_config_runs_as_a_snakemake_dry_run(tmp_path):
+    root = make_dataset(tmp_path / "data/mine")
+    cwd = os.getcwd()
+    os.chdir(tmp_path)  # data.root is written as given, relative to where snakemake runs
+    try:
+        init("data/mine", "mine.yaml", log=lambda *_: None)
+    finally:
+        os.chdir(cwd)
+    assert root.is_dir()
+    snakemake = Path(sys.executable).with_name("snakemake")
+    proc = subprocess.run([str(snakemake), "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "-n",
+                           "--configfile", str(tmp_path / "mine.yaml")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "train_model" in proc.stdout and "zip_submission" in proc.stdout
+
+
+def test_large_data_gets_gpu_models_and_resources(tmp_path):
+    root = make_dataset(tmp_path / "d", per_class=2, n_test=3)
+    report = inspect_dataset(root)
+    report.class_counts = [GPU_TIER_IMAGES] * 3  # 60k images: the size decides, not the pixels
+    config = check_config_text(build_config(report, "d", pretrained_dir=tmp_path / "none"))
+    assert set(config["models"]) == {"swinv2_b_arc", "vit_l_ce"}
+    assert all(m["resources"]["gpus"] == 4 for m in config["models"].values())
+    assert all(m["pretrained_file"] is None for m in config["models"].values())  # no checkpoint there
+    assert config["clean"]["val_fraction"] == 0.02
+
+
+@pytest.mark.parametrize("breakage, message", [
+    (lambda r: (r / "train").rename(r / "images"), r"no train/ folder \(found \['images/', 'testa/', 'testb/'\]\)"),
+    (lambda r: [p.unlink() for p in (r / "train/0001").iterdir()], r"1 empty class folder\(s\): \['0001'\]"),
+    (lambda r: (r / "train/0002").rename(r / "train/0005"), r"ids must be 0..C-1 without gaps; missing \[2, 3, 4\]"),
+    (lambda r: (r / "train/0000/3.png").write_bytes(b"<html>"), r"1 of 96 decoded training image\(s\) unreadable: "
+                                                                 r"train/0000/3.png.*--allow-broken"),
+    (lambda r: (r / "testb/1.png").write_bytes(png(1)[:40]), r"1 unreadable test image\(s\).*testb/1.png"),
+    (lambda r: [(r / s).rename(r.parent / s) for s in ("testa", "testb")],
+     r"no test split folder next to train/ \(found \['train/'\]\)"),
+])
+def test_init_bad_input_says_what_it_found_and_writes_nothing(tmp_path, breakage, message):
+    root = make_dataset(tmp_path / "d")
+    breakage(root)
+    out = tmp_path / "cfg.yaml"
+    with pytest.raises(InputError, match=message) as e:
+        init(root, out, log=lambda *_: None)
+    assert "expected" in str(e.value) or "nothing written" in str(e.value)
+    assert not out.exists() and list(tmp_path.glob("*.tmp")) == [] and list(tmp_path.glob(".*")) == []
+
+
+def test_init_cli_refuses_to_overwrite(tmp_path, capsys):
+    root = make_dataset(tmp_path / "d")
+    out = tmp_path / "cfg.yaml"
+    out.write_text("mine\n")
+    with pytest.raises(SystemExit, match="exists; pass --force"):
+        main(["init", str(root), "--out", str(out)])
+    assert out.read_text() == "mine\n"
+    main(["init", str(root), "--out", str(out), "--force"])
+    assert "classes: 3" in capsys.readouterr().out and yaml.safe_load(out.read_text())["data"]["num_classes"] == 3
+
+
+def mark_incomplete(workdir: Path, rel: str):
+    d = workdir / ".snakemake/incomplete"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / urlsafe_b64encode(rel.encode()).decode()).write_text('{"external_jobid": null}')
+
+
+def test_status_reads_results_and_snakemakes_markers(tmp_path):
+    config = yaml.safe_load((REPO / "config/tiny.yaml").read_text())
+    for rel in ["results/clean/train.txt", "results/r0/train/swin_arc.pt", "results/r0/train/vit_linear.pt",
+                *[f"results/r0/infer/swin_arc/{s}.npy" for s in ("val", "testa", "testb")],
+                "results/r0/infer/vit_linear/val.npy", "results/a1/train/vit_linear.pt"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    state = tmp_path / "results/a1/train/swin_arc.state"
+    state.mkdir(parents=True)
+    (state / "epoch_0001.pt").write_bytes(b"")
+    mark_incomplete(tmp_path, "results/a1/train/swin_arc.pt")
+    mark_incomplete(tmp_path, "results/a1/train/vit_linear.pt")  # exists but unfinished
+    status = collect_status(config, tmp_path)
+    r0, a1, b1 = status["rounds"]
+    assert r0["models"] == [{"model": "swin_arc", "train": "done", "infer": "done"},
+                            {"model": "vit_linear", "train": "done", "infer": "partial (1/3)"}]
+    assert r0["ensemble"] == "pending"
+    assert a1["models"][0]["train"] == "interrupted (epoch 1/2)" and a1["models"][1]["train"] == "interrupted"
+    assert b1["models"][0]["train"] == "pending"
+    assert status["final"] == {"clean": "done", "final ensemble": "pending", "submission": "pending",
+                               "summary": "pending"}
+    (tmp_path / ".snakemake/locks").mkdir()
+    (tmp_path / ".snakemake/locks/0.output.lock").write_text("results/a1/train/swin_arc.pt\n")
+    status = collect_status(config, tmp_path)
+    assert status["rounds"][1]["models"][0]["train"] == "running (epoch 1/2)" and status["snakemake_running"]
+    table = format_status(status)
+    assert "a1     swin_arc    running (epoch 1/2)" in table and "a run holds this directory's locks" in table
+
+
+def test_status_cli_names_a_bad_config(tmp_path):
+    (tmp_path / "x.yaml").write_text("a: 1\n")
+    with pytest.raises(SystemExit, match="x.yaml: not a webfg config"):
+        main(["status", "--configfile", str(tmp_path / "x.yaml"), "-d", str(tmp_path)])

@@ -1,0 +1,24 @@
+import sys
+
+sys.stderr = open(snakemake.log[0], "w")
+
+from webfg import plots
+from webfg.io import log_to_stderr
+
+rule, out, w = snakemake.rule, snakemake.output[0], snakemake.wildcards
+if rule == "plot_history":
+    drawn = plots.plot_history(snakemake.input[0], out, f"{w.round} / {w.model}")
+elif rule == "plot_val_accuracy":
+    drawn = plots.plot_val_accuracy(snakemake.input, out)
+elif rule == "plot_pseudo_yield":
+    title = f"pseudo-labels on {w.split} from the {w.round} ensemble"
+    drawn = plots.plot_pseudo_yield(snakemake.input[0], snakemake.params.threshold, out, title)
+elif rule == "plot_class_counts":
+    drawn = plots.plot_class_counts(snakemake.input[0], out, snakemake.params.k)
+elif rule == "plot_removals":
+    drawn = plots.plot_removals(snakemake.input, out)
+elif rule == "plot_round_accuracy":
+    drawn = plots.plot_round_accuracy(snakemake.input[0], out)
+else:
+    raise ValueError(f"plot.py: no figure for rule {rule}")
+log_to_stderr(f"{out}: {drawn}")
