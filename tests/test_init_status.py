@@ -117,8 +117,9 @@ def test_init_cli_refuses_to_overwrite(tmp_path, capsys):
     root = make_dataset(tmp_path / "d")
     out = tmp_path / "cfg.yaml"
     out.write_text("mine\n")
-    with pytest.raises(SystemExit, match="exists; pass --force"):
+    with pytest.raises(SystemExit) as e:
         main(["init", str(root), "--out", str(out)])
+    assert e.value.code == 2 and "exists; pass --force" in capsys.readouterr().err
     assert out.read_text() == "mine\n"
     main(["init", str(root), "--out", str(out), "--force"])
     assert "classes: 3" in capsys.readouterr().out and yaml.safe_load(out.read_text())["data"]["num_classes"] == 3
@@ -159,7 +160,8 @@ def test_status_reads_results_and_snakemakes_markers(tmp_path):
     assert "a1     swin_arc    running (epoch 1/2)" in table and "a run holds this directory's locks" in table
 
 
-def test_status_cli_names_a_bad_config(tmp_path):
+def test_status_cli_names_a_bad_config(tmp_path, capsys):
     (tmp_path / "x.yaml").write_text("a: 1\n")
-    with pytest.raises(SystemExit, match="x.yaml: not a webfg config"):
+    with pytest.raises(SystemExit) as e:
         main(["status", "--configfile", str(tmp_path / "x.yaml"), "-d", str(tmp_path)])
+    assert e.value.code == 2 and "x.yaml: not a webfg config" in capsys.readouterr().err
