@@ -142,6 +142,23 @@ def test_mmpretrain_swinv2_arcface_gives_the_source_logits(tmp_path):
     assert torch.equal(model.head.weight, source["head.norm_linear.weight"])
 
 
+def test_original_arcface_checkpoint_starts_the_next_round():
+    """A fine-tuned ArcFace file as pretrained_file: its sub-centres load when the class count
+    fits, the margins follow the new training list; another class count starts the head fresh."""
+    from webfg.heads import adaptive_margins
+
+    source = read_state_dict(FIX / "swinv2_arcface.pth")
+    counts = torch.tensor([50.0, 20, 5, 5, 1])
+    model = build(SWIN_FIX, counts=counts, pretrained_file=str(FIX / "swinv2_arcface.pth"))
+    assert torch.equal(model.head.weight, source["head.norm_linear.weight"])
+    assert torch.equal(model.head.margins, adaptive_margins(counts))
+    notes = []
+    other = Classifier(ModelConfig.from_dict(SWIN_FIX), 4, torch.ones(4), load_pretrained=False)
+    load_weights(other, FIX / "swinv2_arcface.pth", log=notes.append)
+    assert "arcface head (weight (15, 64), margins (5,)) does not fit" in "\n".join(notes)
+    assert torch.equal(other.backbone.norm.weight, source["backbone.norm3.weight"])
+
+
 def test_mmpretrain_swinv2_window_mismatch_is_named(tmp_path):
     """The saved coordinate tables reveal a model built without the original's pretrained windows."""
     cfg = dict(SWIN_FIX, arch_kwargs={k: v for k, v in SWIN_FIX["arch_kwargs"].items() if k != "pretrained_window_sizes"})

@@ -247,17 +247,19 @@ def classifier_name(backbone: torch.nn.Module) -> str:
     return next(n for n, m in backbone.named_modules() if m is target)
 
 
-def load_weights(model, path, mode: str = "pretrained", log=print) -> Converted:
-    """Load the checkpoint at ``path`` into a webfg Classifier (see the module docstring)."""
+def load_weights(model, path, mode: str = "pretrained", log=print, state_dict=None) -> Converted:
+    """Load the checkpoint at ``path`` into a webfg Classifier (see the module docstring);
+    ``state_dict``: its tensors when already read."""
     if mode not in ("pretrained", "full"):
         raise ValueError(f"mode must be 'pretrained' or 'full', not {mode!r}")
-    sd = read_state_dict(path)
+    sd = read_state_dict(path) if state_dict is None else state_dict
     layout = detect_layout(sd)
     conv = to_timm(sd, layout, classifier_name(model.backbone))
     notes = []
     conv.backbone = _adapt_backbone(conv.backbone, model.backbone, mode, path, notes)
     if layout == "timm":
         conv.backbone = _timm_filter(conv.backbone, model.backbone, path)
+        _take_linear(conv, classifier_name(model.backbone))  # a classifier the filter renamed
     state, more = _assemble(model, conv, mode, path)
     model.load_state_dict(state, strict=False)
     for note in notes + more + ([f"left out {_abbrev(conv.dropped)}"] if conv.dropped else []):
@@ -284,6 +286,8 @@ def _assemble(model, conv: Converted, mode: str, path):
     state = {f"backbone.{k}": v for k, v in conv.backbone.items()}
     head_keys = _head_keys(model)
     head_state = {head_keys[p]: v for p, v in conv.head.items() if conv.head_kind == model.cfg.head and p in head_keys}
+    if mode == "pretrained":
+        head_state.pop("head.margins", None)  # margins follow this training list's class counts
     head_fits = bool(head_state) and all(
         k in target and target[k].shape == v.shape for k, v in head_state.items()
     )
@@ -495,7 +499,8 @@ def convert_checkpoint(src, cfg, out, num_classes: int | None = None, train_list
     else:
         class_counts = torch.ones(found)
     model = Classifier(cfg, found, class_counts, load_pretrained=False)
-    load_weights(model, src, mode="full", log=log)
+    del probe
+    load_weights(model, src, mode="full", log=log, state_dict=sd)
     meta = {"converted_from": str(src), "layout": layout, "class_counts_from": str(train_list) if train_list else None}
     with atomic_path(out) as tmp:
         torch.save({"state_dict": model.state_dict(), "config": json.dumps(cfg.to_dict()),
