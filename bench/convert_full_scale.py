@@ -5,6 +5,8 @@ model, the MAE ViT-L encoder into the 448-px fine-tuning model).
 
 Needs MMPretrain importable (mmpretrain 1.2 runs on CPU with mmcv-lite); one image per model,
 fp32. `python bench/convert_full_scale.py [--only swin|vit]` (several GB of memory, minutes on CPU).
+`--shapes` checks only that every full-size checkpoint's keys and shapes fit (no
+initialisation, no forward pass: seconds).
 """
 
 import argparse
@@ -121,9 +123,56 @@ def vit(tmp):
     start("MAE ViT-L 224 -> ViT-L 448 ArcFace", tmp / "mae-epoch_1600.pth", "vit_l_arc", tmp)
 
 
+def shapes():
+    """Keys and shapes of the seven full-size files against config.yaml's models, weights
+    left uninitialised (torch.nn.init made a no-op: only keys, shapes and buffers matter)."""
+    from mmpretrain.models.backbones import SwinTransformerV2, VisionTransformer
+    from mmpretrain.models.necks import MAEPretrainDecoder
+    from mmpretrain.models.selfsup import MAEViT
+
+    import webfg.convert as conv
+
+    for fn in ["kaiming_uniform_", "uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_",
+               "xavier_uniform_"]:
+        setattr(torch.nn.init, fn, lambda t, *a, **k: t)
+    torch.Tensor.normal_ = torch.Tensor.uniform_ = lambda t, *a, **k: t
+
+    def check(name, sd, layout, model_name, mode):
+        model = Classifier(model_config(CONFIG, model_name), C, torch.ones(C), load_pretrained=False)
+        c = conv.to_timm(sd, layout, conv.classifier_name(model.backbone))
+        notes = []
+        c.backbone = conv._adapt_backbone(c.backbone, model.backbone, mode, name, notes)  # full: window tables too
+        state, more = conv._assemble(model, c, mode, name)
+        values = sum(v.numel() for v in state.values()) / 1e6
+        print(f"{name} -> {model_name} ({mode}): {len(state)} tensors, {values:.1f} M values fit; "
+              f"{len(c.dropped)} left out; notes: {[n[:80] for n in notes + more]}")
+
+    def heads(sd, arcface, width):
+        return {**sd, **({"head.norm_linear.weight": torch.empty(3 * C, width), "head.margins": torch.empty(C)}
+                         if arcface else {"head.fc.weight": torch.empty(C, width), "head.fc.bias": torch.empty(C)})}
+
+    for arch, model_name, width in [("large", "swinv2_l_arc", 1536), ("base", "swinv2_b_arc", 1024)]:
+        net = SwinTransformerV2(arch=arch, img_size=384, window_size=[24, 24, 24, 12],
+                                pretrained_window_sizes=[12, 12, 12, 6])
+        sd = {f"backbone.{k}": v for k, v in net.state_dict().items()}
+        check(f"swin-{arch[0]}-384-arc", heads(sd, True, width), "mmcls-swinv2", model_name, "full")
+        net = SwinTransformerV2(arch=arch, img_size=192, window_size=12)
+        sd = {f"backbone.{k}": v for k, v in net.state_dict().items()}
+        check(f"swinv2-{arch}-w12-in21k-192px", sd, "mmcls-swinv2", model_name, "pretrained")
+    net = VisionTransformer(arch="large", img_size=448, patch_size=16, out_type="avg_featmap", final_norm=False)
+    sd = {f"backbone.{k}": v for k, v in net.state_dict().items()}
+    check("l-448-ce", heads(sd, False, 1024), "mmcls-vit", "vit_l_ce", "full")
+    check("l-448-arc", heads(sd, True, 1024), "mmcls-vit", "vit_l_arc", "full")
+    enc, dec = MAEViT(arch="large", img_size=224, patch_size=16), MAEPretrainDecoder(num_patches=196, embed_dim=1024)
+    sd = {f"backbone.{k}": v for k, v in enc.state_dict().items()}
+    sd.update({f"neck.{k}": v for k, v in dec.state_dict().items()})
+    check("mae-vit-l-224 epoch_1600", sd, "mmcls-vit", "vit_l_arc", "pretrained")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--only", choices=["swin", "vit"])
+    p.add_argument("--shapes", action="store_true", help="keys and shapes only (seconds)")
     a = p.parse_args()
     import mmpretrain
     import timm
@@ -131,6 +180,8 @@ def main():
     print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, Python "
           f"{platform.python_version()}, torch {torch.__version__}, timm {timm.__version__}, "
           f"mmpretrain {mmpretrain.__version__}")
+    if a.shapes:
+        return shapes()
     with tempfile.TemporaryDirectory() as d:
         for name, fn in [("swin", swin), ("vit", vit)]:
             if a.only in (None, name):
