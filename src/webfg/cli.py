@@ -126,6 +126,19 @@ def _status(a):
     print(format_status(collect_status(config, a.directory)))
 
 
+def _convert(a):
+    import json
+
+    from webfg.convert import convert_checkpoint, model_config
+
+    try:
+        kwargs = json.loads(a.arch_kwargs) if a.arch_kwargs else None
+    except json.JSONDecodeError as e:
+        raise InputError(f"--arch-kwargs: not JSON ({e})") from None
+    cfg = model_config(a.config, a.model, arch=a.arch, head=a.head, arch_kwargs=kwargs, img_size=a.img_size)
+    convert_checkpoint(a.in_path, cfg, a.out, num_classes=a.num_classes, train_list=a.train_list)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="webfg", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -210,6 +223,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out-dir", required=True)
     s.add_argument("--split", default="testb", help="rows become <split>/<file name>")
     s.set_defaults(func=_import_legacy)
+
+    s = sub.add_parser("convert", help="a timm/MMCls/MMSelfSup/webfg checkpoint -> a webfg model file for infer",
+                       epilog="example: webfg convert --in swin-l-384-arc-roundb3.pth --config config/config.yaml "
+                              "--model swinv2_l_arc --train-list meta/roundb3/train.txt --out swinv2_l_b3.pt")
+    s.add_argument("--in", dest="in_path", required=True, help="the checkpoint, with its classification head")
+    s.add_argument("--out", required=True)
+    s.add_argument("--config", help="a model YAML, or a pipeline config with --model")
+    s.add_argument("--model", help="the models.<name> entry of --config")
+    s.add_argument("--arch", help="timm model name (instead of or over --config)")
+    s.add_argument("--head", choices=["linear", "arcface"])
+    s.add_argument("--arch-kwargs", help='JSON, e.g. \'{"img_size": 448, "global_pool": "avg", "fc_norm": true}\'')
+    s.add_argument("--img-size", type=int)
+    s.add_argument("--num-classes", type=int, help="check the head has this many classes")
+    s.add_argument("--train-list", help="labelled list the model was trained on: class counts for logit adjustment")
+    s.set_defaults(func=_convert)
 
     s = sub.add_parser("submit", help="labels TSV -> submission CSV + zip")
     s.add_argument("labels")

@@ -16,7 +16,7 @@ class ModelConfig:
     arch: str
     head: str = "linear"  # "linear" (CE + smoothing + mixup, logit adjustment) or "arcface"
     arch_kwargs: dict = field(default_factory=dict)
-    pretrained_file: str | None = None  # a local timm checkpoint; never a hub download
+    pretrained_file: str | None = None  # a local checkpoint (timm, MMCls, MMSelfSup, webfg: webfg.convert); never a hub download
     img_size: int = 224
     epochs: int = 30
     batch_size: int = 16

@@ -12,9 +12,14 @@ from webfg.heads import SubCenterArcFace, adaptive_margins, logit_adjustment
 class Classifier(nn.Module):
     """timm backbone + head. ``forward(x, labels)`` gives training logits (margin applied
     for ArcFace); ``predict_logits(x)`` gives the inference logits (s·cos for ArcFace,
-    logit-adjusted for the linear head)."""
+    logit-adjusted for the linear head).
 
-    def __init__(self, cfg: ModelConfig, num_classes: int, class_counts):
+    ``cfg.pretrained_file`` (any layout webfg.convert reads: timm, MMCls/MMPretrain,
+    MMSelfSup MAE, webfg) is loaded after construction unless ``load_pretrained`` is False
+    (a model about to receive its own trained weights has no use for it).
+    """
+
+    def __init__(self, cfg: ModelConfig, num_classes: int, class_counts, load_pretrained: bool = True):
         super().__init__()
         import timm
 
@@ -23,8 +28,6 @@ class Classifier(nn.Module):
         self.register_buffer("class_counts", counts)
         kwargs = dict(cfg.arch_kwargs)
         kwargs.setdefault("drop_path_rate", cfg.drop_path)
-        if cfg.pretrained_file:
-            kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=cfg.pretrained_file))
         if cfg.head == "linear":
             self.backbone = timm.create_model(cfg.arch, num_classes=num_classes, **kwargs)
             self.head = None
@@ -37,6 +40,10 @@ class Classifier(nn.Module):
                 k=cfg.arcface_k,
                 scale=cfg.arcface_scale,
             )
+        if cfg.pretrained_file and load_pretrained:
+            from webfg.convert import load_weights
+
+            load_weights(self, cfg.pretrained_file, mode="pretrained")
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         out = self.backbone(x)

@@ -70,7 +70,7 @@ def load_model(path) -> Classifier:
     ckpt = load_checkpoint(path)
     try:
         cfg = ModelConfig.from_dict(json.loads(ckpt["config"]), where=str(path))
-        model = Classifier(cfg, int(ckpt["num_classes"]), ckpt["state_dict"]["class_counts"])
+        model = Classifier(cfg, int(ckpt["num_classes"]), ckpt["state_dict"]["class_counts"], load_pretrained=False)
         model.load_state_dict(ckpt["state_dict"])
     except (KeyError, RuntimeError, TypeError) as e:
         raise InputError(f"{path}: does not match a webfg model ({e})") from None
