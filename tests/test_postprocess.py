@@ -89,7 +89,7 @@ def test_ensemble_of_three_with_uneven_chunks(tmp_path):
     models = [grid, grid[::-1], np.full((7, 4), 0.25)]
     stems = [_save(tmp_path, f"m{i}", p) for i, p in enumerate(models)]
     weights = [1.0, 1.5, 3.0]
-    ensemble_predictions(stems, weights, tmp_path / "ens", chunk_rows=3)
+    ensemble_predictions(stems, weights, tmp_path / "ens", chunk_rows=3, check_sums=False)
     expected = (1.0 * models[0] + 1.5 * models[1] + 3.0 * models[2]) / 5.5
     probs, _, _ = load_predictions(tmp_path / "ens")
     np.testing.assert_allclose(probs.astype(np.float64), expected, rtol=1e-3)

@@ -14,23 +14,24 @@ from __future__ import annotations
 import os
 import re
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Sequence
 
 import numpy as np
-from numpy.lib.format import open_memmap
 
 from webfg.io import (
     InputError,
     atomic_path,
-    load_predictions,
     prediction_paths,
+    read_split_list,
     write_json,
     write_split_list,
     write_text,
 )
+from webfg.stream import RowReader, check_block, check_row_sums, float_to_half, half_to_float, write_npy_header
 
-CHUNK_ROWS = 8192
+CHUNK_ROWS = 2048  # x 5,000 classes: ~20 MB per float16 block, ~0.1 GB of buffers in all
 
 
 def _row_chunks(n: int, chunk_rows: int) -> Iterator[slice]:
@@ -74,12 +75,41 @@ def accuracy_from_filename(name: str | os.PathLike) -> float:
     return int(match.group(1)) / 10000
 
 
+def _open_members(stems: Sequence[str | os.PathLike]) -> tuple[list[RowReader], list[str]]:
+    """Readers of every member, checked against the first before any data is read:
+    same row list (order and count), same class count, float16 (N, C) files."""
+    if not stems:
+        raise InputError("ensemble of zero models (empty folder or no prediction files given)")
+    readers, first_rows, first_paths = [], None, None
+    try:
+        for stem in stems:
+            npy, rows_path, _ = prediction_paths(stem)
+            reader = RowReader(npy)
+            readers.append(reader)
+            relpaths = read_split_list(rows_path, labelled=False)
+            if reader.shape[0] != len(relpaths):
+                raise InputError(f"{npy}: {reader.shape[0]} rows but {rows_path} lists {len(relpaths)}")
+            if first_rows is None:
+                first_rows, first_paths = relpaths, (npy, rows_path)
+                continue
+            if reader.shape[1] != readers[0].shape[1]:
+                raise InputError(f"{npy} has {reader.shape[1]} classes but {first_paths[0]} has {readers[0].shape[1]}")
+            if relpaths != first_rows:
+                raise InputError(f"row order of {rows_path} differs from {first_paths[1]}")
+    except BaseException:
+        for r in readers:
+            r.close()
+        raise
+    return readers, first_rows
+
+
 def ensemble_predictions(
     stems: Sequence[str | os.PathLike],
     weights: Sequence[float],
     out_stem: str | os.PathLike,
     chunk_rows: int = CHUNK_ROWS,
     meta: dict | None = None,
+    check_sums: bool = True,
 ) -> None:
     """Write ``out = sum_i w_i * P_i / sum_i w_i`` as a float16 prediction.
 
@@ -88,52 +118,69 @@ def ensemble_predictions(
     greedy redistribution reads) are identical, and with all w_i = 1 both are the
     mean the pseudo-label threshold relies on. Dividing by ``sum w`` keeps each row a
     probability distribution, so the recipe's power 25 (weights up to ~1e10 when
-    accuracies spread) cannot overflow float16 or lose the small values. Inputs are memory-mapped and summed in
-    float32 over row chunks, so memory is O(chunk_rows * C) whatever M is. The
-    .npy is streamed into a temporary file and renamed into place.
+    accuracies spread) cannot overflow float16 or lose the small values.
 
-    Raises InputError (naming both files) when a model's row order or class
-    count differs from the first model's.
+    Streaming (``webfg.stream``): row blocks of every member are read with pread into
+    two reused buffers (the next read runs in a thread while this block is summed),
+    converted to float32 and accumulated; memory is O(chunk_rows * C) whatever M and N
+    are, and the page cache of the inputs is released as it is read. The output is
+    written under a temporary name and renamed into place.
+
+    Raises InputError naming the file before any data is read when row order, row
+    count or class count differ, or a file is truncated or not float16; and naming
+    the file and row, with no output left, when a block holds NaN, inf, negative
+    values or (``check_sums``) a row that does not sum to ~1.
     """
-    if not stems:
-        raise ValueError("ensemble of zero models")
     weights = np.asarray(weights, dtype=np.float64)
     if weights.shape != (len(stems),) or not np.all(np.isfinite(weights) & (weights > 0)):
         raise ValueError(f"need one positive finite weight per model, got {weights.tolist()}")
-    scales = weights / weights.sum()
-
-    first_probs, relpaths, _ = load_predictions(stems[0])
-    first_npy, first_rows, _ = prediction_paths(stems[0])
-    matrices = [first_probs]
-    for stem in stems[1:]:
-        probs, rows, _ = load_predictions(stem)
-        npy, rows_path, _ = prediction_paths(stem)
-        if probs.shape[1] != first_probs.shape[1]:
-            raise InputError(
-                f"{npy} has {probs.shape[1]} classes but {first_npy} has {first_probs.shape[1]}"
-            )
-        if rows != relpaths:
-            raise InputError(f"row order of {rows_path} differs from {first_rows}")
-        matrices.append(probs)  # a memmap: no data is read yet
-
-    n, c = first_probs.shape
+    scales = (weights / weights.sum()).astype(np.float32)
+    readers, relpaths = _open_members(stems)
+    n, c = readers[0].shape
+    block = max(1, min(chunk_rows, n))
+    buffers = [np.empty((block, c), dtype=np.float16) for _ in range(2)]
+    as_float = np.empty((block, c), dtype=np.float32)
+    total = np.empty((block, c), dtype=np.float32)
+    out_half = np.empty((block, c), dtype=np.float16)
+    tasks = [(rows, i) for rows in _row_chunks(n, block) for i in range(len(readers))]
     out_npy, out_rows, out_json = prediction_paths(out_stem)
-    total = np.empty((min(chunk_rows, n), c), dtype=np.float32)
-    scaled = np.empty_like(total)
-    with atomic_path(out_npy) as tmp:
-        out = open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n, c))
-        for rows in _row_chunks(n, chunk_rows):
-            m = rows.stop - rows.start
-            total[:m] = 0
-            for probs, scale in zip(matrices, scales):
-                np.multiply(probs[rows], np.float32(scale), out=scaled[:m])
-                total[:m] += scaled[:m]
-            out[rows] = total[:m]
-        out.flush()
-        del out
+    try:
+        with atomic_path(out_npy) as tmp, open(tmp, "wb") as out, ThreadPoolExecutor(1) as pool:
+            write_npy_header(out, (n, c))
+            read = lambda t, buf: readers[tasks[t][1]].read(tasks[t][0].start, tasks[t][0].stop, buf)  # noqa: E731
+            pending = pool.submit(read, 0, buffers[0]) if tasks else None
+            for t, (rows, i) in enumerate(tasks):
+                half = pending.result()
+                if t + 1 < len(tasks):
+                    pending = pool.submit(read, t + 1, buffers[(t + 1) % 2])
+                m = rows.stop - rows.start
+                check_block(half, str(readers[i].path), rows.start)
+                values = half_to_float(half, as_float[:m])
+                if check_sums:
+                    check_row_sums(values.sum(axis=1), str(readers[i].path), rows.start)
+                if i == 0:
+                    np.multiply(values, scales[0], out=total[:m])
+                else:
+                    _accumulate(total[:m], values, scales[i])
+                if i == len(readers) - 1:
+                    out.write(float_to_half(total[:m], out_half[:m]).tobytes())
+    finally:
+        for r in readers:
+            r.close()
     write_split_list(out_rows, relpaths)
     members = {"members": [str(s) for s in stems], "weights": weights.tolist()}
     write_json(out_json, {**members, **(meta or {}), "num_rows": n, "num_classes": c})
+
+
+def _accumulate(total: np.ndarray, values: np.ndarray, scale: np.float32) -> None:
+    """total += scale * values, in place, without a temporary (torch's fused add when present)."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        values *= scale
+        total += values
+        return
+    torch.from_numpy(total).add_(torch.from_numpy(values), alpha=float(scale))
 
 
 # ---------------------------------------------------------------- pseudo-labels
