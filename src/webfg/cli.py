@@ -47,13 +47,13 @@ def _infer(a):
 
 def _ensemble(a):
     from webfg.io import load_predictions
-    from webfg.postprocess import accuracy_from_filename, ensemble_predictions, ensemble_weights
+    from webfg.postprocess import accuracy_from_filename, ensemble_predictions, member_weights
 
     if a.accuracy_from_name:
         accs = [accuracy_from_filename(s) for s in a.stems]
     else:
-        accs = [load_predictions(s)[2]["val_accuracy"] for s in a.stems]
-    ensemble_predictions(a.stems, ensemble_weights(accs, a.power), a.out, meta={"power": a.power})
+        accs = [load_predictions(s)[2].get("val_accuracy") for s in a.stems]
+    ensemble_predictions(a.stems, member_weights(a.stems, accs, a.power), a.out, meta={"power": a.power})
 
 
 def _pseudo(a):
@@ -77,8 +77,11 @@ def _redistribute(a):
     from webfg.io import load_predictions
     from webfg.postprocess import redistribute_labels
 
+    if a.method == "greedy" and a.k is None:
+        raise InputError("--method greedy needs --k (a little below rows/classes, e.g. 16 for 90,000 / 5,000)")
     probs, rows, _ = load_predictions(a.stem)
-    redistribute_labels(probs, rows, a.method, a.k, a.out, a.counts)
+    redistribute_labels(probs, rows, a.method, a.k or 0, a.out, a.counts, strength=a.strength,
+                        temperature=a.temperature, candidates=a.candidates)
 
 
 def _submit(a):
@@ -95,7 +98,14 @@ def _import_legacy(a):
 
     for pkl in a.pickles:
         meta = import_legacy(pkl, Path(a.out_dir) / Path(pkl).stem, a.split)
-        print(f"{pkl}: accuracy {meta['val_accuracy']:.4f} -> {Path(a.out_dir) / Path(pkl).stem}.npy")
+        acc = "none in the name" if meta["val_accuracy"] is None else f"{meta['val_accuracy']:.4f}"
+        print(f"{pkl}: accuracy {acc} -> {Path(a.out_dir) / Path(pkl).stem}.npy")
+
+
+def _soup(a):
+    from webfg.soup import soup_files
+
+    soup_files(a.checkpoints, a.out)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,14 +149,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("lists", nargs="*", help="unlabelled lists; each is written as <out-dir>/<list stem>.npy")
     s.set_defaults(func=_infer)
 
-    s = sub.add_parser("ensemble", help="accuracy-weighted ensemble of prediction files")
+    s = sub.add_parser("ensemble", help="accuracy-weighted ensemble of prediction files",
+                       epilog="example: webfg ensemble results/b3/infer/*/testb --power 25 --out results/final/ensemble\n"
+                              "         webfg ensemble legacy/*-7[0-9][0-9][0-9] --accuracy-from-name --out ens",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("stems", nargs="+")
     s.add_argument("--out", required=True)
     s.add_argument("--power", type=float, default=25)
     s.add_argument("--accuracy-from-name", action="store_true", help="legacy: '...-7620' in the name = 0.7620")
     s.set_defaults(func=_ensemble)
 
-    s = sub.add_parser("pseudo", help="pseudo-labels: rows whose max probability > threshold")
+    s = sub.add_parser("pseudo", help="pseudo-labels: rows whose max probability > threshold",
+                       epilog="example: webfg pseudo results/a1/ensemble/testa --threshold 0.45 --out pseudo_testa.txt",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("stem")
     s.add_argument("--threshold", type=float, default=0.45)
     s.add_argument("--out", required=True)
@@ -157,26 +172,46 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.set_defaults(func=_merge_meta)
 
-    s = sub.add_parser("redistribute", help="balance predicted class counts (greedy K)")
+    s = sub.add_parser("redistribute", help="balance predicted class counts (greedy K, prior, transport)",
+                       epilog="example: webfg redistribute results/final/ensemble --method greedy --k 16 "
+                              "--out labels.tsv --counts counts.tsv\n"
+                              "         webfg redistribute results/final/ensemble --method prior --strength 1 "
+                              "--out labels.tsv --counts counts.tsv",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("stem")
-    s.add_argument("--k", type=int, required=True)
-    s.add_argument("--method", default="greedy", choices=["greedy", "none"])
+    s.add_argument("--k", type=int, help="greedy: classes predicted fewer than k times take rows up to k")
+    s.add_argument("--method", default="greedy", choices=["greedy", "prior", "transport", "none"],
+                   help="greedy = the original's; prior = prior correction toward uniform (safe on i.i.d. "
+                        "test sets); transport = near-exact balance (test sets with N/C rows per class)")
+    s.add_argument("--strength", type=float, default=1.0, help="prior/transport: 0 = argmax, 1 = full correction")
+    s.add_argument("--temperature", type=float, default=0.05, help="transport: final temperature")
+    s.add_argument("--candidates", type=int, default=32, help="prior/transport: classes considered per row")
     s.add_argument("--out", required=True)
     s.add_argument("--counts", required=True)
     s.set_defaults(func=_redistribute)
 
     s = sub.add_parser("import-legacy", help="the original's result pickles -> prediction files (safely)",
-                       epilog="example: webfg import-legacy results/*.pkl --out-dir results/legacy --split testb")
+                       epilog="example: webfg import-legacy results/*.pkl --out-dir results/legacy --split testb",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("pickles", nargs="+")
     s.add_argument("--out-dir", required=True)
     s.add_argument("--split", default="testb", help="rows become <split>/<file name>")
     s.set_defaults(func=_import_legacy)
 
-    s = sub.add_parser("submit", help="labels TSV -> submission CSV + zip")
+    s = sub.add_parser("submit", help="labels TSV -> submission CSV + zip",
+                       epilog="example: webfg submit results/final/labels.tsv --csv submit.csv --zip submit.zip",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("labels")
     s.add_argument("--csv", default="results/submit.csv")
     s.add_argument("--zip", default="results/submit.zip")
     s.set_defaults(func=_submit)
+
+    s = sub.add_parser("soup", help="uniform soup of checkpoints, one in memory at a time (float64 sum)",
+                       epilog="example: webfg soup work/epoch_16.pth work/epoch_17.pth work/epoch_18.pth --out soup.pth",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("checkpoints", nargs="+", help="summed in this order")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=_soup)
     return p
 
 

@@ -11,6 +11,7 @@ The formulas follow the original ACCV 2022 WebFG 1st-place scripts
 
 from __future__ import annotations
 
+import mmap
 import os
 import re
 import zipfile
@@ -58,6 +59,17 @@ def ensemble_weights(val_accuracies: Sequence[float], power: float) -> np.ndarra
     if bad.size:
         raise ValueError(f"accuracies must lie in (0, 1], got {bad.tolist()}")
     return (accs / accs.min()) ** power
+
+
+def member_weights(stems: Sequence, accuracies: Sequence[float | None], power: float) -> np.ndarray:
+    """``ensemble_weights``, where an unknown accuracy (None) is allowed only when it
+    cannot matter: power 0 or a single member; otherwise the error names the file."""
+    if power == 0 or len(stems) == 1:
+        return np.ones(len(stems))
+    for stem, acc in zip(stems, accuracies):
+        if acc is None:
+            raise InputError(f"{prediction_paths(stem)[2]}: no val_accuracy, needed for weights with power {power:g}")
+    return ensemble_weights(accuracies, power)
 
 
 _LEGACY_ACC = re.compile(r"-(\d{4})(?:\.[^-]*)?$")
@@ -186,13 +198,29 @@ def _accumulate(total: np.ndarray, values: np.ndarray, scale: np.float32) -> Non
 # ---------------------------------------------------------------- pseudo-labels
 
 
+def _read_rows(probs: np.ndarray, rows: slice) -> np.ndarray:
+    """``probs[rows]`` as an in-memory array; on a memory map the pages just read are
+    unmapped again (madvise DONTNEED), so reading a map through does not grow RSS to
+    the file size."""
+    block = np.array(probs[rows])
+    mm = getattr(probs, "_mmap", None)
+    if isinstance(probs, np.memmap) and mm is not None and hasattr(mm, "madvise") and probs.flags.c_contiguous:
+        base = probs.offset - probs.offset % mmap.ALLOCATIONGRANULARITY
+        row_bytes = probs.strides[0]
+        start = probs.offset - base + rows.start * row_bytes
+        stop = probs.offset - base + rows.stop * row_bytes
+        start -= start % mmap.PAGESIZE
+        mm.madvise(mmap.MADV_DONTNEED, start, stop - start)
+    return block
+
+
 def _row_max_argmax(probs: np.ndarray, chunk_rows: int = CHUNK_ROWS) -> tuple[np.ndarray, np.ndarray]:
     """Per-row (max as float64, argmax as int64), read chunk by chunk."""
     n = probs.shape[0]
     top = np.empty(n, dtype=np.float64)
     arg = np.empty(n, dtype=np.int64)
     for rows in _row_chunks(n, chunk_rows):
-        block = np.asarray(probs[rows])
+        block = _read_rows(probs, rows)
         arg[rows] = block.argmax(axis=1)
         top[rows] = block.max(axis=1)
     return top, arg
@@ -305,12 +333,111 @@ def redistribute_greedy(probs: np.ndarray, k: int, chunk_rows: int = CHUNK_ROWS)
         classes = order[first : first + batch]
         columns = np.empty((n, len(classes)), dtype=np.float32)
         for rows in _row_chunks(n, chunk_rows):
-            columns[rows] = np.asarray(probs[rows])[:, classes]
+            columns[rows] = _read_rows(probs, rows)[:, classes]
         for j, c in enumerate(classes):
             scores = columns[:, j]
             scores[pred == c] = 0
             labels[_top_rows(scores, k - int(counts[c]))] = c
     return labels
+
+
+# ------------------------------------------------- global (prior / transport) balancing
+
+
+def top_candidates(probs: np.ndarray, k: int, chunk_rows: int = CHUNK_ROWS) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``k`` most probable classes: (log p float32 (N, k), class ids int32 (N, k)).
+
+    The balancing methods only move a row among its candidates: a class outside a
+    row's top k has too little probability to be worth it, and (N, k) arrays keep the
+    memory at N * k * 8 bytes (23 MB for 90,000 rows, k = 32) instead of N * C.
+    """
+    n, c = probs.shape
+    k = max(1, min(k, c))
+    logp = np.empty((n, k), dtype=np.float32)
+    cand = np.empty((n, k), dtype=np.int32)
+    for rows in _row_chunks(n, chunk_rows):
+        block = _read_rows(probs, rows).astype(np.float32)
+        idx = np.argpartition(block, c - k, axis=1)[:, c - k:] if k < c else np.broadcast_to(np.arange(c), block.shape)
+        cand[rows] = idx
+        logp[rows] = np.log(np.maximum(np.take_along_axis(block, idx, axis=1), 1e-30))
+    return logp, cand
+
+
+def _soft_assign(logp, cand, dual, temperature):
+    """Row-wise softmax of ``(log p + dual[class]) / temperature`` over the candidates."""
+    z = (logp + dual[cand]) / temperature
+    z -= z.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    return z
+
+
+def balance_duals(logp, cand, target, temperatures=(1.0,), iters: int = 300, tol: float = 1e-3, log=None):
+    """Per-class log-scale ``dual`` (float32, length C) that makes the expected class counts
+    of ``softmax((log p + dual) / T)`` equal ``target`` (Sinkhorn on the candidates).
+
+    At T = 1 this is prior correction: the posteriors are re-weighted by a class factor
+    exp(dual) until their mean matches the target prior (the EM of Saerens et al. 2002
+    with the prior fixed). Lowering T over ``temperatures`` (each stage warm-starts the
+    next) approaches the hard assignment that maximises sum log p under the class
+    capacities ``target`` (optimal transport, entropic regularisation -> 0). Classes
+    no row has as a candidate keep dual 0 and their target is spread over the others.
+    """
+    num_classes = target.size
+    present = np.bincount(cand.ravel(), minlength=num_classes) > 0
+    want = np.where(present, target, 0.0)
+    want = want * (target.sum() / want.sum())
+    log_want = np.log(np.where(present, want, 1.0))
+    dual = np.zeros(num_classes, dtype=np.float64)
+    flat = cand.ravel()
+    for temperature in temperatures:
+        for it in range(iters):
+            q = _soft_assign(logp, cand, dual.astype(np.float32), temperature)
+            col = np.bincount(flat, weights=q.ravel(), minlength=num_classes)
+            err = float(np.max(np.abs(col[present] / want[present] - 1)))
+            if err < tol:
+                break
+            dual[present] += temperature * (log_want[present] - np.log(np.maximum(col[present], 1e-12)))
+            dual -= dual[present].mean()
+        if log:
+            log(f"balance: T={temperature:g} {it + 1} iterations, max relative count error {err:.3g}")
+    return dual.astype(np.float32)
+
+
+def redistribute_balanced(probs: np.ndarray, method: str = "prior", strength: float = 1.0,
+                          temperature: float = 0.05, candidates: int = 32, target=None,
+                          chunk_rows: int = CHUNK_ROWS, log=None) -> np.ndarray:
+    """Labels that move the predicted class distribution toward ``target`` (uniform by default).
+
+    ``prior``: labels = argmax(log p + strength * dual) with the T = 1 duals of
+    ``balance_duals``: a per-class prior correction. It assumes only that the test
+    prior is ``target`` (not that every class has exactly N/C rows), so on an i.i.d.
+    test set it corrects the models' bias toward their long-tailed training prior.
+    ``transport``: the duals after annealing T down to ``temperature``: close to the
+    assignment with class capacities N * target (the exactly balanced test-B case).
+    ``strength`` in [0, 1] scales the correction (0 = argmax); it is the knob for test
+    sets that are only partly balanced.
+    """
+    if method not in ("prior", "transport"):
+        raise ValueError(f"unknown balancing method {method!r} (prior, transport)")
+    if not 0 <= strength <= 1:
+        raise ValueError(f"strength must lie in [0, 1], got {strength}")
+    n, num_classes = probs.shape
+    target = np.full(num_classes, 1.0 / num_classes) if target is None else np.asarray(target, dtype=np.float64)
+    if target.shape != (num_classes,) or (target < 0).any() or target.sum() <= 0:
+        raise ValueError(f"target prior must be {num_classes} non-negative numbers with a positive sum")
+    target = target / target.sum() * n
+    logp, cand = top_candidates(probs, candidates, chunk_rows)
+    temperatures = [1.0]
+    if method == "transport":
+        if not 0 < temperature <= 1:
+            raise ValueError(f"temperature must lie in (0, 1], got {temperature}")
+        while temperatures[-1] * 0.5 > temperature:
+            temperatures.append(temperatures[-1] * 0.5)
+        temperatures.append(temperature)
+    dual = balance_duals(logp, cand, target, temperatures, log=log)
+    score = logp + np.float32(strength) * dual[cand]
+    return cand[np.arange(n), score.argmax(axis=1)].astype(np.int64)
 
 
 # ------------------------------------------------------------------ submission
@@ -354,16 +481,24 @@ def write_submission(
 # ---------------------------------------------------------- final labels file
 
 
-def redistribute_labels(probs, relpaths, method: str, k: int, labels_path, counts_path, log=print) -> np.ndarray:
+def redistribute_labels(probs, relpaths, method: str, k: int, labels_path, counts_path, log=print,
+                        strength: float = 1.0, temperature: float = 0.05, candidates: int = 32) -> np.ndarray:
     """Final labels of the submitted split, written as ``relpath  argmax  label`` (TSV),
-    plus per-class counts before and after (for the report's histogram)."""
+    plus per-class counts before and after (for the report's histogram).
+
+    ``greedy`` (the original's, uses ``k``), ``prior`` and ``transport`` (global
+    balancing toward a uniform prior, ``redistribute_balanced``), ``none`` (argmax)."""
+    if len(relpaths) != probs.shape[0]:
+        raise ValueError(f"{len(relpaths)} relpaths for {probs.shape[0]} rows")
     pred = predicted_labels(probs)
     if method == "greedy":
         labels = redistribute_greedy(probs, k)
+    elif method in ("prior", "transport"):
+        labels = redistribute_balanced(probs, method, strength, temperature, candidates, log=log)
     elif method == "none":
         labels = pred.copy()
     else:
-        raise ValueError(f"unknown redistribution method {method!r} (greedy, none)")
+        raise ValueError(f"unknown redistribution method {method!r} (greedy, prior, transport, none)")
     num_classes = probs.shape[1]
     before, after = class_counts(pred, num_classes), class_counts(labels, num_classes)
     write_text(labels_path, "relpath\targmax\tlabel\n"
