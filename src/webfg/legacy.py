@@ -29,7 +29,8 @@ def read_legacy_result(path) -> tuple[list[str], np.ndarray]:
         raise InputError(f"{path}: cannot read ({e.strerror})") from None
     if isinstance(obj, dict) and {"filename", "scores"} <= set(obj):
         names, scores = list(obj["filename"]), np.asarray(obj["scores"])
-    elif isinstance(obj, dict) and obj and all(isinstance(k, str) for k in obj):  # --dump-all: {file: scores}
+    elif isinstance(obj, dict) and obj and all(isinstance(k, str) and isinstance(v, np.ndarray) for k, v in obj.items()):
+        # the ensembled {file name: scores} dict (--dump-all)
         names = list(obj)
         try:
             scores = np.stack([np.asarray(v) for v in obj.values()])
@@ -44,7 +45,8 @@ def read_legacy_result(path) -> tuple[list[str], np.ndarray]:
         except ValueError:
             raise InputError(f"{path}: entries have scores of different lengths") from None
     else:
-        raise InputError(f"{path}: expected a list of {{'filename', 'scores'}} dicts (the original's result file)")
+        raise InputError(f"{path}: expected a list of {{'filename', 'scores'}} dicts (the original's result file) "
+                         "or a {file name: scores} dict")
     if scores.ndim != 2 or len(names) != scores.shape[0] or not np.issubdtype(scores.dtype, np.number):
         raise InputError(f"{path}: {len(names)} file names for scores of shape {scores.shape}")
     if not all(isinstance(n, str) for n in names):
