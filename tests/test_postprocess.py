@@ -462,3 +462,19 @@ def test_redistribute_command_with_prior_method(tmp_path):
     assert (tmp_path / "c.tsv").read_text().splitlines()[1:] == ["0\t4\t2", "1\t0\t2"]
     with pytest.raises(SystemExit, match="needs --k"):
         main(["redistribute", str(stem), "--out", str(tmp_path / "x.tsv"), "--counts", str(tmp_path / "y.tsv")])
+
+
+def test_ensemble_command_takes_a_folder_and_refuses_an_empty_one(tmp_path, capsys):
+    from webfg.cli import main
+
+    (tmp_path / "models").mkdir()
+    for name, p in [("m-7000", [[0.75, 0.25]]), ("m-8000", [[0.25, 0.75]])]:
+        _save(tmp_path / "models", name, p)
+    main(["ensemble", str(tmp_path / "models"), "--accuracy-from-name", "--power", "1", "--out", str(tmp_path / "e")])
+    # weights 1 and 8/7: (0.75 + 0.25 * 8/7) / (15/7) = 0.4833
+    assert load_predictions(tmp_path / "e")[0][0, 0] == pytest.approx((0.75 + 0.25 * 8 / 7) / (15 / 7), abs=1e-3)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match=r"empty: folder holds no \*\.npy files"):
+        main(["ensemble", str(tmp_path / "empty"), "--out", str(tmp_path / "e2")])
+    with pytest.raises(SystemExit, match=r"empty: folder holds no \*\.pkl files"):
+        main(["import-legacy", str(tmp_path / "empty"), "--out-dir", str(tmp_path / "x")])

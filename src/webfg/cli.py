@@ -45,10 +45,28 @@ def _infer(a):
     infer_splits(a.model, a.root, read_split_list(a.val_list), splits, threads=a.threads)
 
 
+def _expand(paths, suffix: str) -> list[str]:
+    """Paths as given, a folder standing for its ``*<suffix>`` files (sorted); an empty
+    folder is an error naming it."""
+    from pathlib import Path
+
+    out = []
+    for p in paths:
+        if Path(p).is_dir():
+            found = sorted(str(f)[: -len(suffix)] if suffix == ".npy" else str(f) for f in Path(p).glob(f"*{suffix}"))
+            if not found:
+                raise InputError(f"{p}: folder holds no *{suffix} files")
+            out += found
+        else:
+            out.append(p)
+    return out
+
+
 def _ensemble(a):
     from webfg.io import load_predictions
     from webfg.postprocess import accuracy_from_filename, ensemble_predictions, member_weights
 
+    a.stems = _expand(a.stems, ".npy")
     if a.accuracy_from_name:
         accs = [accuracy_from_filename(s) for s in a.stems]
     else:
@@ -96,7 +114,7 @@ def _import_legacy(a):
 
     from webfg.legacy import import_legacy
 
-    for pkl in a.pickles:
+    for pkl in _expand(a.pickles, ".pkl"):
         meta = import_legacy(pkl, Path(a.out_dir) / Path(pkl).stem, a.split)
         acc = "none in the name" if meta["val_accuracy"] is None else f"{meta['val_accuracy']:.4f}"
         print(f"{pkl}: accuracy {acc} -> {Path(a.out_dir) / Path(pkl).stem}.npy")
@@ -153,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="example: webfg ensemble results/b3/infer/*/testb --power 25 --out results/final/ensemble\n"
                               "         webfg ensemble legacy/*-7[0-9][0-9][0-9] --accuracy-from-name --out ens",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    s.add_argument("stems", nargs="+")
+    s.add_argument("stems", nargs="+", help="prediction stems (or .npy files), or folders of them")
     s.add_argument("--out", required=True)
     s.add_argument("--power", type=float, default=25)
     s.add_argument("--accuracy-from-name", action="store_true", help="legacy: '...-7620' in the name = 0.7620")
@@ -193,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("import-legacy", help="the original's result pickles -> prediction files (safely)",
                        epilog="example: webfg import-legacy results/*.pkl --out-dir results/legacy --split testb",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    s.add_argument("pickles", nargs="+")
+    s.add_argument("pickles", nargs="+", help="result pickles, or folders of them")
     s.add_argument("--out-dir", required=True)
     s.add_argument("--split", default="testb", help="rows become <split>/<file name>")
     s.set_defaults(func=_import_legacy)
