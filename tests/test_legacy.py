@@ -1,3 +1,6 @@
+"""The original's result pickles: restricted import and the legacy workflow target
+(the two snakemake tests take ~30 s together and need the CPU lock when run alone)."""
+
 import os
 import pickle
 
