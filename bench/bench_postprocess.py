@@ -202,6 +202,13 @@ def accuracies(ens: np.ndarray, labels: np.ndarray) -> list[tuple[str, float, fl
     return rows
 
 
+def redistribute_times(stem) -> None:
+    print(f"\n{'webfg redistribute on ' + Path(stem).name:34s} {'wall s':>8s} {'peak RSS GiB':>13s}")
+    for method in ["greedy", "prior", "transport"]:
+        wall, rss, _ = measured("redistribute", stem, method)
+        print(f"{method:34s} {wall:8.1f} {rss:13.2f}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n")[-1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -210,6 +217,8 @@ def main():
     p.add_argument("--legacy-models", type=int, help="models in the original-style run (default: all; "
                    "its time is scaled to all models, it is linear in M)")
     p.add_argument("--keep", action="store_true", help="keep the generated files")
+    p.add_argument("--redistribute-only", action="store_true",
+                   help="time and peak RSS of `webfg redistribute` on one generated model at this scale, nothing else")
     p.add_argument("--step", help=argparse.SUPPRESS)
     a, rest = p.parse_known_args()
     if a.step:
@@ -225,6 +234,12 @@ def main():
     for name, speed in conversion_speeds(c).items():
         print(f"float16->float32 {name:30s} {speed:6.2f} Gelem/s (1 thread)")
 
+    if a.redistribute_only:
+        stem = Synth(1, n, c, seed=0).write(work / "models", "balanced", log=lambda msg: None)[0]
+        redistribute_times(stem)
+        if not a.keep:
+            shutil.rmtree(work)
+        return
     synth = Synth(m, n, c, seed=0)
     t0 = time.perf_counter()
     stems = synth.write(work / "models", "balanced", log=lambda msg: None)
@@ -278,10 +293,7 @@ def main():
     for (name, acc_b, sec), (_, acc_i, _) in zip(bal, iid):
         print(f"{name:44s} {acc_b:9.4f} {acc_i:9.4f} {sec:9.1f}")
 
-    print(f"\n{'webfg redistribute on the ensemble':34s} {'wall s':>8s} {'peak RSS GiB':>13s}")
-    for method in ["greedy", "prior", "transport"]:
-        wall, rss, _ = measured("redistribute", work / "ens", method)
-        print(f"{method:34s} {wall:8.1f} {rss:13.2f}")
+    redistribute_times(work / "ens")
     if not a.keep:
         shutil.rmtree(work)
 

@@ -359,7 +359,7 @@ def test_prior_correction_matches_the_target_and_flips_the_biased_rows():
     q = np.exp(logp + dual[cand])
     q /= q.sum(1, keepdims=True)
     col = np.bincount(cand.ravel(), q.ravel(), minlength=2)
-    np.testing.assert_allclose(col, [2, 2], rtol=1e-3)  # expected counts equal the target
+    np.testing.assert_allclose(col, [2, 2], rtol=1e-2)  # expected counts equal the target (tol 1 %)
     np.testing.assert_array_equal(redistribute_balanced(probs, "prior"), [0, 0, 1, 1])
     np.testing.assert_array_equal(redistribute_balanced(probs, "prior", strength=0), [0, 0, 0, 0])
 

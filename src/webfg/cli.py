@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "test sets); transport = near-exact balance (test sets with N/C rows per class)")
     s.add_argument("--strength", type=float, default=1.0, help="prior/transport: 0 = argmax, 1 = full correction")
     s.add_argument("--temperature", type=float, default=0.05, help="transport: final temperature")
-    s.add_argument("--candidates", type=int, default=32, help="prior/transport: classes considered per row")
+    s.add_argument("--candidates", type=int, default=16, help="prior/transport: classes considered per row")
     s.add_argument("--out", required=True)
     s.add_argument("--counts", required=True)
     s.set_defaults(func=_redistribute)
