@@ -478,3 +478,25 @@ def test_ensemble_command_takes_a_folder_and_refuses_an_empty_one(tmp_path, caps
         main(["ensemble", str(tmp_path / "empty"), "--out", str(tmp_path / "e2")])
     with pytest.raises(SystemExit, match=r"empty: folder holds no \*\.pkl files"):
         main(["import-legacy", str(tmp_path / "empty"), "--out-dir", str(tmp_path / "x")])
+
+
+def test_reading_a_memory_map_through_does_not_grow_rss(tmp_path):
+    # 40 MB of float16: a plain read-through maps all of it; the chunked readers unmap
+    # what they have read (madvise DONTNEED), so RSS stays near where it was
+    from numpy.lib.format import open_memmap
+
+    from webfg.postprocess import predicted_labels
+
+    def rss_mb():
+        return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS")) / 1024
+
+    m = open_memmap(tmp_path / "p.npy", mode="w+", dtype=F16, shape=(4000, 5000))
+    m[:] = 0.5
+    m.flush()
+    del m
+    probs = np.load(tmp_path / "p.npy", mmap_mode="r")
+    before = rss_mb()
+    predicted_labels(probs, chunk_rows=500)
+    assert rss_mb() - before < 10
+    np.asarray(probs).sum(dtype=np.float32)
+    assert rss_mb() - before > 30  # the check above can fail
