@@ -18,7 +18,9 @@ Prints, with the hardware and versions:
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import pickle
 import platform
 import shutil
 import subprocess
@@ -243,7 +245,7 @@ def main():
     synth = Synth(m, n, c, seed=0)
     t0 = time.perf_counter()
     stems = synth.write(work / "models", "balanced", log=lambda msg: None)
-    single = [float(__import__("json").load(open(f"{s}.json"))["val_accuracy"]) for s in stems]
+    single = [float(json.load(open(f"{s}.json"))["val_accuracy"]) for s in stems]
     print(f"generated in {time.perf_counter() - t0:.0f} s; single models top-1 {min(single):.3f}-{max(single):.3f} "
           f"(mean {np.mean(single):.3f})")
     npys = [f"{s}.npy" for s in stems]
@@ -269,7 +271,7 @@ def main():
         data = [{"filename": f, "scores": np.array(probs[i], dtype=np.float32)} for i, f in enumerate(names)]
         path = work / f"{s.name}.pkl"
         with open(path, "wb") as f:
-            __import__("pickle").dump(data, f, protocol=4)
+            pickle.dump(data, f, protocol=4)
         pkls.append(path)
         del data
     evict(pkls)

@@ -3,6 +3,9 @@
 
 import os
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,14 +109,11 @@ def test_scores_that_are_not_probabilities_are_refused(tmp_path):
 
 # ------------------------------------------------ the legacy workflow, end to end
 
-REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _snakemake(workdir, *args):
-    import subprocess
-    import sys
-
-    exe = __import__("pathlib").Path(sys.executable).with_name("snakemake")
+    exe = Path(sys.executable).with_name("snakemake")
     return subprocess.run([str(exe), "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2", *args],
                           cwd=workdir, capture_output=True, text=True)
 
