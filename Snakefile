@@ -9,6 +9,4 @@ include: "workflow/Snakefile"
 rule all:
     input:
         all_targets(),
-        plot_targets(),
-        "results/clean/classes.tsv",
     default_target: True

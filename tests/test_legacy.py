@@ -1,5 +1,11 @@
+"""The original's result pickles: restricted import and the legacy workflow target
+(the two snakemake tests take ~30 s together and need the CPU lock when run alone)."""
+
 import os
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -83,3 +89,94 @@ def test_import_legacy_command(tmp_path):
     pkl = write_pickle(tmp_path / "m-7500.pkl", [{"filename": "a.jpg", "scores": np.array([0.5, 0.5])}])
     main(["import-legacy", str(pkl), "--out-dir", str(tmp_path / "legacy")])
     assert load_predictions(tmp_path / "legacy" / "m-7500")[2]["val_accuracy"] == 0.75
+
+
+def test_import_dump_all_dict_and_name_without_accuracy(tmp_path):
+    # the ensembled {filename: scores} dict that re-distribute-label.py reads
+    pkl = write_pickle(tmp_path / "ensemble.pkl", {"a.jpg": np.array([0.25, 0.75]), "b.jpg": np.array([1.0, 0.0])})
+    meta = import_legacy(pkl, tmp_path / "m", "testb")
+    probs, rows, _ = load_predictions(tmp_path / "m")
+    assert rows == ["testb/a.jpg", "testb/b.jpg"] and probs.tolist() == [[0.25, 0.75], [1.0, 0.0]]
+    assert meta["val_accuracy"] is None
+
+
+def test_scores_that_are_not_probabilities_are_refused(tmp_path):
+    pkl = write_pickle(tmp_path / "m-7000.pkl", [{"filename": "a.jpg", "scores": np.array([0.5, 0.5])},
+                                                 {"filename": "b.jpg", "scores": np.array([2.0, 3.0])}])
+    with pytest.raises(InputError, match=r"m-7000\.pkl: row 1 \(b\.jpg\).*does not sum"):
+        read_legacy_result(pkl)
+
+
+# ------------------------------------------------ the legacy workflow, end to end
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _snakemake(workdir, *args):
+    exe = Path(sys.executable).with_name("snakemake")
+    return subprocess.run([str(exe), "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2", *args],
+                          cwd=workdir, capture_output=True, text=True)
+
+
+def _legacy_folder(tmp_path, rng, n=12, c=4):
+    """Three result pickles in the original's formats and names (dots in the folder,
+    a threshold in the name), the scores of each, and the accuracies in their names."""
+    folder = tmp_path / "work.v2" / "results"
+    folder.mkdir(parents=True)
+    names = [f"img {i}.jpg" for i in range(n)]
+    files = {"vit-448-arc.3st-7620.pkl": 0.7620, "mae-vit-ce-semi-0.4-7471.pkl": 0.7471, "swin-b-7410.pkl": 0.7410}
+    scores = {}
+    for j, fname in enumerate(files):
+        s = rng.dirichlet(np.full(c, 0.5), n).astype(np.float32)
+        s[:, 0] += 0.3  # every model favours class 0, so greedy has work to do
+        s /= s.sum(1, keepdims=True)
+        scores[fname] = s
+        if j == 2:  # the column layout
+            write_pickle(folder / fname, {"filename": names, "scores": s})
+        else:
+            write_pickle(folder / fname, [{"filename": f, "scores": s[i]} for i, f in enumerate(names)])
+    return folder, names, files, scores
+
+
+def test_legacy_workflow_from_pickles_to_submission_and_pseudo(tmp_path):
+    """snakemake on a config holding only `legacy` (~25 s: 8 jobs)."""
+    from webfg.postprocess import ensemble_weights, read_labels, redistribute_greedy
+
+    folder, names, accs, scores = _legacy_folder(tmp_path, np.random.default_rng(0))
+    (tmp_path / "legacy.yaml").write_text(
+        f"legacy:\n  results_dir: {folder}\n  power: 25\n  pseudo_threshold: 0.5\n"
+        "  redistribute: {method: greedy, k: 3}\n")
+    proc = _snakemake(tmp_path, "--configfile", str(tmp_path / "legacy.yaml"))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    # weighted ensemble = sum w_i P_i / sum w_i with w from the names
+    w = ensemble_weights(list(accs.values()), 25)
+    expected = sum(wi * scores[f] for wi, f in zip(w, accs)) / w.sum()
+    ens, rows, meta = load_predictions(tmp_path / "results/legacy/ensemble")
+    assert rows == [f"testb/{n}" for n in names]
+    np.testing.assert_allclose(ens.astype(np.float64), expected, atol=2e-3)
+    # final labels = the greedy redistribution of that ensemble; submit.csv carries them
+    rows_l, labels = read_labels(tmp_path / "results/legacy/labels.tsv")
+    np.testing.assert_array_equal(labels, redistribute_greedy(ens, 3))
+    assert (tmp_path / "results/legacy/submit.csv").read_text() == "".join(
+        f"{n},{int(y):04d}\n" for n, y in zip(names, labels))
+    # pseudo.txt: the plain mean above the threshold, in the original's `testb/<file> <label>`
+    mean = sum(scores.values()) / 3
+    keep = [i for i in range(len(names)) if mean[i].max() > 0.5]
+    assert keep and (tmp_path / "results/legacy/pseudo.txt").read_text() == "".join(
+        f"testb/{names[i]} {int(mean[i].argmax())}\n" for i in keep)
+
+
+def test_legacy_workflow_refuses_a_pickle_with_code(tmp_path):
+    folder, *_ = _legacy_folder(tmp_path, np.random.default_rng(1))
+    write_pickle(folder / "evil-7000.pkl", [{"filename": "a.jpg", "scores": RunsCode()}])
+    (tmp_path / "legacy.yaml").write_text(f"legacy: {{results_dir: {folder}}}\n")
+    proc = _snakemake(tmp_path, "--configfile", str(tmp_path / "legacy.yaml"))
+    assert proc.returncode != 0
+    log = (tmp_path / "logs/legacy/import/evil-7000.log").read_text()
+    assert "evil-7000.pkl: refusing to unpickle" in log
+    assert not (tmp_path / "results/legacy/submit.zip").exists()
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "legacy.yaml").write_text(f"legacy: {{results_dir: {tmp_path / 'empty'}}}\n")
+    proc = _snakemake(tmp_path, "-n", "--configfile", str(tmp_path / "legacy.yaml"))
+    assert proc.returncode != 0 and "no *.pkl result files" in proc.stdout + proc.stderr

@@ -51,15 +51,33 @@ def _infer(a):
     infer_splits(a.model, a.root, read_split_list(a.val_list), splits, threads=a.threads)
 
 
+def _expand(paths, suffix: str) -> list[str]:
+    """Paths as given, a folder standing for its ``*<suffix>`` files (sorted); an empty
+    folder is an error naming it."""
+    from pathlib import Path
+
+    out = []
+    for p in paths:
+        if Path(p).is_dir():
+            found = sorted(str(f)[: -len(suffix)] if suffix == ".npy" else str(f) for f in Path(p).glob(f"*{suffix}"))
+            if not found:
+                raise InputError(f"{p}: folder holds no *{suffix} files")
+            out += found
+        else:
+            out.append(p)
+    return out
+
+
 def _ensemble(a):
     from webfg.io import load_predictions
-    from webfg.postprocess import accuracy_from_filename, ensemble_predictions, ensemble_weights
+    from webfg.postprocess import accuracy_from_filename, ensemble_predictions, member_weights
 
+    a.stems = _expand(a.stems, ".npy")
     if a.accuracy_from_name:
         accs = [accuracy_from_filename(s) for s in a.stems]
     else:
-        accs = [load_predictions(s)[2]["val_accuracy"] for s in a.stems]
-    ensemble_predictions(a.stems, ensemble_weights(accs, a.power), a.out, meta={"power": a.power})
+        accs = [load_predictions(s)[2].get("val_accuracy") for s in a.stems]
+    ensemble_predictions(a.stems, member_weights(a.stems, accs, a.power), a.out, meta={"power": a.power})
 
 
 def _pseudo(a):
@@ -83,8 +101,11 @@ def _redistribute(a):
     from webfg.io import load_predictions
     from webfg.postprocess import redistribute_labels
 
+    if a.method == "greedy" and a.k is None:
+        raise InputError("--method greedy needs --k (a little below rows/classes, e.g. 16 for 90,000 / 5,000)")
     probs, rows, _ = load_predictions(a.stem)
-    redistribute_labels(probs, rows, a.method, a.k, a.out, a.counts)
+    redistribute_labels(probs, rows, a.method, a.k or 0, a.out, a.counts, strength=a.strength,
+                        temperature=a.temperature, candidates=a.candidates)
 
 
 def _submit(a):
@@ -99,9 +120,16 @@ def _import_legacy(a):
 
     from webfg.legacy import import_legacy
 
-    for pkl in a.pickles:
+    for pkl in _expand(a.pickles, ".pkl"):
         meta = import_legacy(pkl, Path(a.out_dir) / Path(pkl).stem, a.split)
-        print(f"{pkl}: accuracy {meta['val_accuracy']:.4f} -> {Path(a.out_dir) / Path(pkl).stem}.npy")
+        acc = "none in the name" if meta["val_accuracy"] is None else f"{meta['val_accuracy']:.4f}"
+        print(f"{pkl}: accuracy {acc} -> {Path(a.out_dir) / Path(pkl).stem}.npy")
+
+
+def _soup(a):
+    from webfg.soup import soup_files
+
+    soup_files(a.checkpoints, a.out)
 
 
 def _init(a):
@@ -137,6 +165,17 @@ def _convert(a):
         raise InputError(f"--arch-kwargs: not JSON ({e})") from None
     cfg = model_config(a.config, a.model, arch=a.arch, head=a.head, arch_kwargs=kwargs, img_size=a.img_size)
     convert_checkpoint(a.in_path, cfg, a.out, num_classes=a.num_classes, train_list=a.train_list)
+
+
+class UserError(SystemExit):
+    """Exit status 2 (like argparse's usage errors); str() is the one-line message."""
+
+    def __init__(self, message: str):
+        super().__init__(2)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -191,14 +230,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("lists", nargs="*", help="unlabelled lists; each is written as <out-dir>/<list stem>.npy")
     s.set_defaults(func=_infer)
 
-    s = sub.add_parser("ensemble", help="accuracy-weighted ensemble of prediction files")
-    s.add_argument("stems", nargs="+")
+    s = sub.add_parser("ensemble", help="accuracy-weighted ensemble of prediction files",
+                       epilog="example: webfg ensemble results/b3/infer/*/testb --power 25 --out results/final/ensemble\n"
+                              "         webfg ensemble legacy/*-7[0-9][0-9][0-9] --accuracy-from-name --out ens",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("stems", nargs="+", help="prediction stems (or .npy files), or folders of them")
     s.add_argument("--out", required=True)
     s.add_argument("--power", type=float, default=25)
     s.add_argument("--accuracy-from-name", action="store_true", help="legacy: '...-7620' in the name = 0.7620")
     s.set_defaults(func=_ensemble)
 
-    s = sub.add_parser("pseudo", help="pseudo-labels: rows whose max probability > threshold")
+    s = sub.add_parser("pseudo", help="pseudo-labels: rows whose max probability > threshold",
+                       epilog="example: webfg pseudo results/a1/ensemble/testa --threshold 0.45 --out pseudo_testa.txt",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("stem")
     s.add_argument("--threshold", type=float, default=0.45)
     s.add_argument("--out", required=True)
@@ -209,17 +253,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.set_defaults(func=_merge_meta)
 
-    s = sub.add_parser("redistribute", help="balance predicted class counts (greedy K)")
+    s = sub.add_parser("redistribute", help="balance predicted class counts (greedy K, prior, transport)",
+                       epilog="example: webfg redistribute results/final/ensemble --method greedy --k 16 "
+                              "--out labels.tsv --counts counts.tsv\n"
+                              "         webfg redistribute results/final/ensemble --method prior --strength 1 "
+                              "--out labels.tsv --counts counts.tsv",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("stem")
-    s.add_argument("--k", type=int, required=True)
-    s.add_argument("--method", default="greedy", choices=["greedy", "none"])
+    s.add_argument("--k", type=int, help="greedy: classes predicted fewer than k times take rows up to k")
+    s.add_argument("--method", default="greedy", choices=["greedy", "prior", "transport", "none"],
+                   help="greedy = the original's; prior = prior correction toward uniform (safe on i.i.d. "
+                        "test sets); transport = near-exact balance (test sets with N/C rows per class)")
+    s.add_argument("--strength", type=float, default=1.0, help="prior/transport: 0 = argmax, 1 = full correction")
+    s.add_argument("--temperature", type=float, default=0.05, help="transport: final temperature")
+    s.add_argument("--candidates", type=int, default=16, help="prior/transport: classes considered per row")
     s.add_argument("--out", required=True)
     s.add_argument("--counts", required=True)
     s.set_defaults(func=_redistribute)
 
     s = sub.add_parser("import-legacy", help="the original's result pickles -> prediction files (safely)",
-                       epilog="example: webfg import-legacy results/*.pkl --out-dir results/legacy --split testb")
-    s.add_argument("pickles", nargs="+")
+                       epilog="example: webfg import-legacy results/*.pkl --out-dir results/legacy --split testb",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("pickles", nargs="+", help="result pickles, or folders of them")
     s.add_argument("--out-dir", required=True)
     s.add_argument("--split", default="testb", help="rows become <split>/<file name>")
     s.set_defaults(func=_import_legacy)
@@ -239,7 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--train-list", help="labelled list the model was trained on: class counts for logit adjustment")
     s.set_defaults(func=_convert)
 
-    s = sub.add_parser("submit", help="labels TSV -> submission CSV + zip")
+    s = sub.add_parser("submit", help="labels TSV -> submission CSV + zip",
+                       epilog="example: webfg submit results/final/labels.tsv --csv submit.csv --zip submit.zip",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("labels")
     s.add_argument("--csv", default="results/submit.csv")
     s.add_argument("--zip", default="results/submit.zip")
@@ -260,6 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-d", "--directory", default=".", help="the run's working directory")
     s.set_defaults(func=_status)
 
+    s = sub.add_parser("soup", help="uniform soup of checkpoints, one in memory at a time (float64 sum)",
+                       epilog="example: webfg soup work/epoch_16.pth work/epoch_17.pth work/epoch_18.pth --out soup.pth",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("checkpoints", nargs="+", help="summed in this order")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=_soup)
     return p
 
 
@@ -268,8 +331,9 @@ def main(argv=None) -> None:
     try:
         args.func(args)
     except (InputError, FileExistsError) as e:
-        print(f"webfg {args.command}: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        message = f"webfg {args.command}: error: {e}"
+        print(message, file=sys.stderr)
+        raise UserError(message) from None
 
 
 if __name__ == "__main__":

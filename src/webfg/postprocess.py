@@ -11,26 +11,28 @@ The formulas follow the original ACCV 2022 WebFG 1st-place scripts
 
 from __future__ import annotations
 
+import mmap
 import os
 import re
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Sequence
 
 import numpy as np
-from numpy.lib.format import open_memmap
 
 from webfg.io import (
     InputError,
     atomic_path,
-    load_predictions,
     prediction_paths,
+    read_split_list,
     write_json,
     write_split_list,
     write_text,
 )
+from webfg.stream import RowReader, check_block, check_row_sums, float_to_half, half_to_float, write_npy_header
 
-CHUNK_ROWS = 8192
+CHUNK_ROWS = 2048  # x 5,000 classes: ~20 MB per float16 block, ~0.1 GB of buffers in all
 
 
 def _row_chunks(n: int, chunk_rows: int) -> Iterator[slice]:
@@ -59,6 +61,17 @@ def ensemble_weights(val_accuracies: Sequence[float], power: float) -> np.ndarra
     return (accs / accs.min()) ** power
 
 
+def member_weights(stems: Sequence, accuracies: Sequence[float | None], power: float) -> np.ndarray:
+    """``ensemble_weights``, where an unknown accuracy (None) is allowed only when it
+    cannot matter: power 0 or a single member; otherwise the error names the file."""
+    if power == 0 or len(stems) == 1:
+        return np.ones(len(stems))
+    for stem, acc in zip(stems, accuracies):
+        if acc is None:
+            raise InputError(f"{prediction_paths(stem)[2]}: no val_accuracy, needed for weights with power {power:g}")
+    return ensemble_weights(accuracies, power)
+
+
 _LEGACY_ACC = re.compile(r"-(\d{4})(?:\.[^-]*)?$")
 
 
@@ -74,12 +87,41 @@ def accuracy_from_filename(name: str | os.PathLike) -> float:
     return int(match.group(1)) / 10000
 
 
+def _open_members(stems: Sequence[str | os.PathLike]) -> tuple[list[RowReader], list[str]]:
+    """Readers of every member, checked against the first before any data is read:
+    same row list (order and count), same class count, float16 (N, C) files."""
+    if not stems:
+        raise InputError("ensemble of zero models (empty folder or no prediction files given)")
+    readers, first_rows, first_paths = [], None, None
+    try:
+        for stem in stems:
+            npy, rows_path, _ = prediction_paths(stem)
+            reader = RowReader(npy)
+            readers.append(reader)
+            relpaths = read_split_list(rows_path, labelled=False)
+            if reader.shape[0] != len(relpaths):
+                raise InputError(f"{npy}: {reader.shape[0]} rows but {rows_path} lists {len(relpaths)}")
+            if first_rows is None:
+                first_rows, first_paths = relpaths, (npy, rows_path)
+                continue
+            if reader.shape[1] != readers[0].shape[1]:
+                raise InputError(f"{npy} has {reader.shape[1]} classes but {first_paths[0]} has {readers[0].shape[1]}")
+            if relpaths != first_rows:
+                raise InputError(f"row order of {rows_path} differs from {first_paths[1]}")
+    except BaseException:
+        for r in readers:
+            r.close()
+        raise
+    return readers, first_rows
+
+
 def ensemble_predictions(
     stems: Sequence[str | os.PathLike],
     weights: Sequence[float],
     out_stem: str | os.PathLike,
     chunk_rows: int = CHUNK_ROWS,
     meta: dict | None = None,
+    check_sums: bool = True,
 ) -> None:
     """Write ``out = sum_i w_i * P_i / sum_i w_i`` as a float16 prediction.
 
@@ -88,55 +130,88 @@ def ensemble_predictions(
     greedy redistribution reads) are identical, and with all w_i = 1 both are the
     mean the pseudo-label threshold relies on. Dividing by ``sum w`` keeps each row a
     probability distribution, so the recipe's power 25 (weights up to ~1e10 when
-    accuracies spread) cannot overflow float16 or lose the small values. Inputs are memory-mapped and summed in
-    float32 over row chunks, so memory is O(chunk_rows * C) whatever M is. The
-    .npy is streamed into a temporary file and renamed into place.
+    accuracies spread) cannot overflow float16 or lose the small values.
 
-    Raises InputError (naming both files) when a model's row order or class
-    count differs from the first model's.
+    Streaming (``webfg.stream``): row blocks of every member are read with pread into
+    two reused buffers (the next read runs in a thread while this block is summed),
+    converted to float32 and accumulated; memory is O(chunk_rows * C) whatever M and N
+    are, and the page cache of the inputs is released as it is read. The output is
+    written under a temporary name and renamed into place.
+
+    Raises InputError naming the file before any data is read when row order, row
+    count or class count differ, or a file is truncated or not float16; and naming
+    the file and row, with no output left, when a block holds NaN, inf, negative
+    values or (``check_sums``) a row that does not sum to ~1.
     """
-    if not stems:
-        raise ValueError("ensemble of zero models")
     weights = np.asarray(weights, dtype=np.float64)
     if weights.shape != (len(stems),) or not np.all(np.isfinite(weights) & (weights > 0)):
         raise ValueError(f"need one positive finite weight per model, got {weights.tolist()}")
-    scales = weights / weights.sum()
-
-    first_probs, relpaths, _ = load_predictions(stems[0])
-    first_npy, first_rows, _ = prediction_paths(stems[0])
-    matrices = [first_probs]
-    for stem in stems[1:]:
-        probs, rows, _ = load_predictions(stem)
-        npy, rows_path, _ = prediction_paths(stem)
-        if probs.shape[1] != first_probs.shape[1]:
-            raise InputError(
-                f"{npy} has {probs.shape[1]} classes but {first_npy} has {first_probs.shape[1]}"
-            )
-        if rows != relpaths:
-            raise InputError(f"row order of {rows_path} differs from {first_rows}")
-        matrices.append(probs)  # a memmap: no data is read yet
-
-    n, c = first_probs.shape
+    scales = (weights / weights.sum()).astype(np.float32)
+    readers, relpaths = _open_members(stems)
+    n, c = readers[0].shape
+    block = max(1, min(chunk_rows, n))
+    buffers = [np.empty((block, c), dtype=np.float16) for _ in range(2)]
+    as_float = np.empty((block, c), dtype=np.float32)
+    total = np.empty((block, c), dtype=np.float32)
+    out_half = np.empty((block, c), dtype=np.float16)
+    tasks = [(rows, i) for rows in _row_chunks(n, block) for i in range(len(readers))]
     out_npy, out_rows, out_json = prediction_paths(out_stem)
-    total = np.empty((min(chunk_rows, n), c), dtype=np.float32)
-    scaled = np.empty_like(total)
-    with atomic_path(out_npy) as tmp:
-        out = open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n, c))
-        for rows in _row_chunks(n, chunk_rows):
-            m = rows.stop - rows.start
-            total[:m] = 0
-            for probs, scale in zip(matrices, scales):
-                np.multiply(probs[rows], np.float32(scale), out=scaled[:m])
-                total[:m] += scaled[:m]
-            out[rows] = total[:m]
-        out.flush()
-        del out
+    try:
+        with atomic_path(out_npy) as tmp, open(tmp, "wb") as out, ThreadPoolExecutor(1) as pool:
+            write_npy_header(out, (n, c))
+            read = lambda t, buf: readers[tasks[t][1]].read(tasks[t][0].start, tasks[t][0].stop, buf)  # noqa: E731
+            pending = pool.submit(read, 0, buffers[0]) if tasks else None
+            for t, (rows, i) in enumerate(tasks):
+                half = pending.result()
+                if t + 1 < len(tasks):
+                    pending = pool.submit(read, t + 1, buffers[(t + 1) % 2])
+                m = rows.stop - rows.start
+                check_block(half, str(readers[i].path), rows.start)
+                values = half_to_float(half, as_float[:m])
+                if check_sums:
+                    check_row_sums(values.sum(axis=1), str(readers[i].path), rows.start)
+                if i == 0:
+                    np.multiply(values, scales[0], out=total[:m])
+                else:
+                    _accumulate(total[:m], values, scales[i])
+                if i == len(readers) - 1:
+                    out.write(float_to_half(total[:m], out_half[:m]).tobytes())
+    finally:
+        for r in readers:
+            r.close()
     write_split_list(out_rows, relpaths)
     members = {"members": [str(s) for s in stems], "weights": weights.tolist()}
     write_json(out_json, {**members, **(meta or {}), "num_rows": n, "num_classes": c})
 
 
+def _accumulate(total: np.ndarray, values: np.ndarray, scale: np.float32) -> None:
+    """total += scale * values, in place, without a temporary (torch's fused add when present)."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        values *= scale
+        total += values
+        return
+    torch.from_numpy(total).add_(torch.from_numpy(values), alpha=float(scale))
+
+
 # ---------------------------------------------------------------- pseudo-labels
+
+
+def _read_rows(probs: np.ndarray, rows: slice) -> np.ndarray:
+    """``probs[rows]`` as an in-memory array; on a memory map the pages just read are
+    unmapped again (madvise DONTNEED), so reading a map through does not grow RSS to
+    the file size."""
+    block = np.array(probs[rows])
+    mm = getattr(probs, "_mmap", None)
+    if isinstance(probs, np.memmap) and mm is not None and hasattr(mm, "madvise") and probs.flags.c_contiguous:
+        base = probs.offset - probs.offset % mmap.ALLOCATIONGRANULARITY
+        row_bytes = probs.strides[0]
+        start = probs.offset - base + rows.start * row_bytes
+        stop = probs.offset - base + rows.stop * row_bytes
+        start -= start % mmap.PAGESIZE
+        mm.madvise(mmap.MADV_DONTNEED, start, stop - start)
+    return block
 
 
 def _row_max_argmax(probs: np.ndarray, chunk_rows: int = CHUNK_ROWS) -> tuple[np.ndarray, np.ndarray]:
@@ -145,7 +220,7 @@ def _row_max_argmax(probs: np.ndarray, chunk_rows: int = CHUNK_ROWS) -> tuple[np
     top = np.empty(n, dtype=np.float64)
     arg = np.empty(n, dtype=np.int64)
     for rows in _row_chunks(n, chunk_rows):
-        block = np.asarray(probs[rows])
+        block = _read_rows(probs, rows)
         arg[rows] = block.argmax(axis=1)
         top[rows] = block.max(axis=1)
     return top, arg
@@ -258,12 +333,114 @@ def redistribute_greedy(probs: np.ndarray, k: int, chunk_rows: int = CHUNK_ROWS)
         classes = order[first : first + batch]
         columns = np.empty((n, len(classes)), dtype=np.float32)
         for rows in _row_chunks(n, chunk_rows):
-            columns[rows] = np.asarray(probs[rows])[:, classes]
+            columns[rows] = _read_rows(probs, rows)[:, classes]
         for j, c in enumerate(classes):
             scores = columns[:, j]
             scores[pred == c] = 0
             labels[_top_rows(scores, k - int(counts[c]))] = c
     return labels
+
+
+# ------------------------------------------------- global (prior / transport) balancing
+
+
+def top_candidates(probs: np.ndarray, k: int, chunk_rows: int = CHUNK_ROWS) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``k`` most probable classes: (log p float32 (N, k), class ids int32 (N, k)).
+
+    The balancing methods only move a row among its candidates: a class outside a
+    row's top k has too little probability to be worth it, and (N, k) arrays keep the
+    memory at N * k * 8 bytes (12 MB for 90,000 rows, k = 16) instead of N * C.
+    """
+    n, c = probs.shape
+    k = max(1, min(k, c))
+    logp = np.empty((n, k), dtype=np.float32)
+    cand = np.empty((n, k), dtype=np.int32)
+    for rows in _row_chunks(n, chunk_rows):
+        block = _read_rows(probs, rows).astype(np.float32)
+        idx = np.argpartition(block, c - k, axis=1)[:, c - k:] if k < c else np.broadcast_to(np.arange(c), block.shape)
+        cand[rows] = idx
+        logp[rows] = np.log(np.maximum(np.take_along_axis(block, idx, axis=1), 1e-30))
+    return logp, cand
+
+
+def _soft_assign(logp, cand, dual, temperature):
+    """Row-wise softmax of ``(log p + dual[class]) / temperature`` over the candidates."""
+    z = (logp + dual[cand]) / temperature
+    z -= z.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    return z
+
+
+def balance_duals(logp, cand, target, temperatures=(1.0,), iters: int = 300, tol: float = 1e-2, log=None):
+    """Per-class log-scale ``dual`` (float32, length C) that makes the expected class counts
+    of ``softmax((log p + dual) / T)`` equal ``target`` (Sinkhorn on the candidates).
+
+    At T = 1 this is prior correction: the posteriors are re-weighted by a class factor
+    exp(dual) until their mean matches the target prior (the EM of Saerens et al. 2002
+    with the prior fixed). Lowering T over ``temperatures`` (each stage warm-starts the
+    next) approaches the hard assignment that maximises sum log p under the class
+    capacities ``target`` (optimal transport, entropic regularisation -> 0). Classes
+    no row has as a candidate keep dual 0 and their target is spread over the others.
+    """
+    num_classes = target.size
+    present = np.bincount(cand.ravel(), minlength=num_classes) > 0
+    want = np.where(present, target, 0.0)
+    want = want * (target.sum() / want.sum())
+    log_want = np.log(np.where(present, want, 1.0))
+    dual = np.zeros(num_classes, dtype=np.float64)
+    flat = cand.ravel()
+    for stage, temperature in enumerate(temperatures):
+        # intermediate stages only warm-start the next; the default tolerance (1 % of each
+        # class's count, 0.18 rows at N/C = 18) is far below what changes a hard label
+        stage_tol = tol if stage == len(temperatures) - 1 else max(tol, 1e-2)
+        for it in range(iters):
+            q = _soft_assign(logp, cand, dual.astype(np.float32), temperature)
+            col = np.bincount(flat, weights=q.ravel(), minlength=num_classes)
+            err = float(np.max(np.abs(col[present] / want[present] - 1)))
+            if err < stage_tol:
+                break
+            dual[present] += temperature * (log_want[present] - np.log(np.maximum(col[present], 1e-12)))
+            dual -= dual[present].mean()
+        if log:
+            log(f"balance: T={temperature:g} {it + 1} iterations, max relative count error {err:.3g}")
+    return dual.astype(np.float32)
+
+
+def redistribute_balanced(probs: np.ndarray, method: str = "prior", strength: float = 1.0,
+                          temperature: float = 0.05, candidates: int = 16, target=None,
+                          chunk_rows: int = CHUNK_ROWS, log=None) -> np.ndarray:
+    """Labels that move the predicted class distribution toward ``target`` (uniform by default).
+
+    ``prior``: labels = argmax(log p + strength * dual) with the T = 1 duals of
+    ``balance_duals``: a per-class prior correction. It assumes only that the test
+    prior is ``target`` (not that every class has exactly N/C rows), so on an i.i.d.
+    test set it corrects the models' bias toward their long-tailed training prior.
+    ``transport``: the duals after annealing T down to ``temperature``: close to the
+    assignment with class capacities N * target (the exactly balanced test-B case).
+    ``strength`` in [0, 1] scales the correction (0 = argmax); it is the knob for test
+    sets that are only partly balanced.
+    """
+    if method not in ("prior", "transport"):
+        raise ValueError(f"unknown balancing method {method!r} (prior, transport)")
+    if not 0 <= strength <= 1:
+        raise ValueError(f"strength must lie in [0, 1], got {strength}")
+    n, num_classes = probs.shape
+    target = np.full(num_classes, 1.0 / num_classes) if target is None else np.asarray(target, dtype=np.float64)
+    if target.shape != (num_classes,) or (target < 0).any() or target.sum() <= 0:
+        raise ValueError(f"target prior must be {num_classes} non-negative numbers with a positive sum")
+    target = target / target.sum() * n
+    logp, cand = top_candidates(probs, candidates, chunk_rows)
+    temperatures = [1.0]
+    if method == "transport":
+        if not 0 < temperature <= 1:
+            raise ValueError(f"temperature must lie in (0, 1], got {temperature}")
+        while temperatures[-1] * 0.5 > temperature:
+            temperatures.append(temperatures[-1] * 0.5)
+        temperatures.append(temperature)
+    dual = balance_duals(logp, cand, target, temperatures, log=log)
+    score = logp + np.float32(strength) * dual[cand]
+    return cand[np.arange(n), score.argmax(axis=1)].astype(np.int64)
 
 
 # ------------------------------------------------------------------ submission
@@ -307,16 +484,24 @@ def write_submission(
 # ---------------------------------------------------------- final labels file
 
 
-def redistribute_labels(probs, relpaths, method: str, k: int, labels_path, counts_path, log=print) -> np.ndarray:
+def redistribute_labels(probs, relpaths, method: str, k: int, labels_path, counts_path, log=print,
+                        strength: float = 1.0, temperature: float = 0.05, candidates: int = 16) -> np.ndarray:
     """Final labels of the submitted split, written as ``relpath  argmax  label`` (TSV),
-    plus per-class counts before and after (for the report's histogram)."""
+    plus per-class counts before and after (for the report's histogram).
+
+    ``greedy`` (the original's, uses ``k``), ``prior`` and ``transport`` (global
+    balancing toward a uniform prior, ``redistribute_balanced``), ``none`` (argmax)."""
+    if len(relpaths) != probs.shape[0]:
+        raise ValueError(f"{len(relpaths)} relpaths for {probs.shape[0]} rows")
     pred = predicted_labels(probs)
     if method == "greedy":
         labels = redistribute_greedy(probs, k)
+    elif method in ("prior", "transport"):
+        labels = redistribute_balanced(probs, method, strength, temperature, candidates, log=log)
     elif method == "none":
         labels = pred.copy()
     else:
-        raise ValueError(f"unknown redistribution method {method!r} (greedy, none)")
+        raise ValueError(f"unknown redistribution method {method!r} (greedy, prior, transport, none)")
     num_classes = probs.shape[1]
     before, after = class_counts(pred, num_classes), class_counts(labels, num_classes)
     write_text(labels_path, "relpath\targmax\tlabel\n"

@@ -134,10 +134,10 @@ def round_targets(rnd):
 
 
 def all_targets():
-    targets = ["results/submit.zip"]
+    targets = ["results/submit.zip", "results/clean/classes.tsv"]
     if ANSWERS:
         targets.append("results/summary.tsv")
-    return targets
+    return targets + plot_targets()
 
 
 def plot_targets():

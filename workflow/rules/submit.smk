@@ -5,6 +5,8 @@ rule final_ensemble:
         prediction_files("results/final/ensemble"),
     log:
         "logs/final/ensemble.log",
+    benchmark:
+        "benchmarks/final/ensemble.tsv",
     params:
         power=FINAL["power"],
     conda:
@@ -26,9 +28,14 @@ rule redistribute:
         ),
     log:
         "logs/final/redistribute.log",
+    benchmark:
+        "benchmarks/final/redistribute.tsv",
     params:
         method=FINAL["redistribute"]["method"],
         k=FINAL["redistribute"]["k"],
+        strength=FINAL["redistribute"]["strength"],
+        temperature=FINAL["redistribute"]["temperature"],
+        candidates=FINAL["redistribute"]["candidates"],
     conda:
         "../../envs/webfg.yaml"
     script:

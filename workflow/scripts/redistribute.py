@@ -14,4 +14,7 @@ redistribute_labels(
     snakemake.output.labels,
     snakemake.output.counts,
     log=log_to_stderr,
+    strength=snakemake.params.strength,
+    temperature=snakemake.params.temperature,
+    candidates=snakemake.params.candidates,
 )

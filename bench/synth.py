@@ -1,0 +1,133 @@
+"""Synthetic test-set predictions of M models with known labels, at any scale.
+
+Shaped like the challenge's test-B (N/C = 18) and its 17-model ensemble:
+  * errors among similar classes: classes come in groups of ``GROUP`` neighbours; each
+    row's candidates are its true class's group plus a few random distractors, and a
+    per-row latent shared by every model (what the image looks like) decides which
+    neighbour is confusable -- so models make correlated mistakes, as real ones do;
+  * a long-tailed training prior: every model adds ``bias * log prior_train[c]`` to its
+    logits (a random Zipf-like prior), the bias a balanced test set exposes;
+  * a per-row difficulty and per-model noise and skill, calibrated so single models sit
+    near 0.70-0.76 top-1 and the 17-model mean near 0.78 (the published numbers).
+Rows are dense float16 probabilities (every non-candidate class shares a small
+background mass), generated block by block from seeds derived from (seed, block), so
+any scale streams to disk in bounded memory and the same seed gives the same bytes.
+
+    python bench/synth.py --out /tmp/synth --models 17 --rows 90000 --classes 5000
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+GROUP = 10          # similar classes per group
+DISTRACTORS = 6     # random other classes among a row's candidates
+BLOCK = 2048        # rows generated at a time
+BACKGROUND = 0.02   # total probability mass outside the candidates (before the softmax)
+
+
+class Synth:
+    """The generative model; ``labels(prior)`` and ``block(model, rows, labels)``."""
+
+    def __init__(self, num_models: int, num_rows: int, num_classes: int, seed: int = 0,
+                 signal: float = 3.7, difficulty: float = 1.6, shared: float = 1.2, noise: float = 0.7,
+                 bias: float = 0.45, zipf: float = 1.0):
+        if num_classes < 2 * GROUP:
+            raise ValueError(f"need at least {2 * GROUP} classes")
+        self.m, self.n, self.c, self.seed = num_models, num_rows, num_classes, seed
+        self.signal, self.difficulty, self.shared, self.noise, self.bias = signal, difficulty, shared, noise, bias
+        rng = np.random.default_rng([seed, 0])
+        prior = 1.0 / np.arange(1, num_classes + 1) ** zipf
+        self.log_prior_train = np.log(rng.permutation(prior / prior.sum()) * num_classes).astype(np.float32)
+        self.skill = rng.uniform(0.95, 1.05, num_models).astype(np.float32)  # spreads single accuracies
+
+    def labels(self, prior: str) -> np.ndarray:
+        """True labels: ``balanced`` = exactly N/C per class (shuffled), ``iid`` = i.i.d. uniform."""
+        rng = np.random.default_rng([self.seed, 1])
+        if prior == "balanced":
+            return rng.permutation(np.arange(self.n) % self.c)
+        if prior == "iid":
+            return rng.integers(0, self.c, self.n)
+        raise ValueError(f"prior must be balanced or iid, got {prior!r}")
+
+    def _shared(self, start: int, labels: np.ndarray):
+        """Candidates and the per-row latents every model shares, for rows start.. of one block."""
+        rng = np.random.default_rng([self.seed, 2, start])
+        b = labels.size
+        group = (labels // GROUP * GROUP)[:, None] + np.arange(GROUP)
+        group = np.where(group < self.c, group, group - GROUP)  # a last, partial group borrows
+        # distinct distractors: one in each of DISTRACTORS equal windows of the other classes
+        window = (self.c - GROUP) // DISTRACTORS
+        others = (rng.integers(0, self.c - GROUP, (b, 1)) + np.arange(DISTRACTORS) * window
+                  + rng.integers(0, window, (b, DISTRACTORS))) % (self.c - GROUP)
+        others = np.where(others >= group[:, :1], others + GROUP, others)  # outside the true group
+        cand = np.concatenate([group, others], axis=1)
+        latent = rng.normal(0, self.shared, cand.shape).astype(np.float32)
+        latent[:, GROUP:] -= 1.0  # distractors: less similar than the group
+        strength = np.maximum(rng.normal(self.signal, self.difficulty, (b, 1)), 0).astype(np.float32)
+        return cand, latent, strength
+
+    def block(self, model: int, start: int, labels: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """float16 probabilities (len(labels), C) of ``model`` for rows start.. with true ``labels``."""
+        cand, latent, strength = self._shared(start, labels)
+        rng = np.random.default_rng([self.seed, 3, model, start])
+        z = latent + rng.normal(0, self.noise, cand.shape).astype(np.float32)
+        z += self.bias * self.log_prior_train[cand]
+        z += (cand == labels[:, None]) * strength * self.skill[model]
+        z -= z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        background = BACKGROUND * e.sum(axis=1) / (1 - BACKGROUND)  # total background mass
+        total = e.sum(axis=1) + background
+        out = np.empty((labels.size, self.c), dtype=np.float16) if out is None else out[: labels.size]
+        out[:] = (background / (self.c - cand.shape[1]) / total)[:, None]
+        np.put_along_axis(out, cand, (e / total[:, None]).astype(np.float16), axis=1)
+        return out
+
+    def write(self, out_dir, prior: str, log=print) -> list[Path]:
+        """Write M prediction stems (SPEC C) + ``labels.txt``; returns the stems."""
+        from webfg.io import write_json, write_split_list
+        from webfg.stream import write_npy_header
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        labels = self.labels(prior)
+        rows = [f"testb/{i:06d}.jpg" for i in range(self.n)]
+        np.savetxt(out_dir / "labels.txt", labels, fmt="%d")
+        buf = np.empty((BLOCK, self.c), dtype=np.float16)
+        stems = []
+        for model in range(self.m):
+            stem = out_dir / f"m{model:02d}"
+            correct = 0
+            with open(stem.with_suffix(".npy"), "wb") as f:
+                write_npy_header(f, (self.n, self.c))
+                for start in range(0, self.n, BLOCK):
+                    block = self.block(model, start, labels[start:start + BLOCK], buf)
+                    correct += int((block.argmax(axis=1) == labels[start:start + BLOCK]).sum())
+                    f.write(block.tobytes())
+            write_split_list(stem.with_suffix(".rows.txt"), rows)
+            write_json(stem.with_suffix(".json"), {"model": stem.name, "val_accuracy": correct / self.n,
+                                                   "num_rows": self.n, "num_classes": self.c})
+            log(f"{stem}.npy: top-1 {correct / self.n:.4f}")
+            stems.append(stem)
+        return stems
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n")[-1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True)
+    p.add_argument("--models", type=int, default=17)
+    p.add_argument("--rows", type=int, default=18000)
+    p.add_argument("--classes", type=int, default=1000)
+    p.add_argument("--prior", default="balanced", choices=["balanced", "iid"])
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    Synth(a.models, a.rows, a.classes, a.seed).write(a.out, a.prior, log=lambda m: print(m, file=sys.stderr))
+
+
+if __name__ == "__main__":
+    main()
