@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test test-fast dag clean
+.PHONY: install demo test test-fast test-slurm dag clean
 
 install: $(VENV)/.installed
 
@@ -31,6 +31,11 @@ test: install
 
 test-fast: install
 	WEBFG_SKIP_DEMO=1 $(BIN)/python -m pytest
+
+# profiles/slurm on a one-node Slurm with fake GPUs (root, apt); the cluster is stopped afterwards
+test-slurm: install
+	bash .ci/start-local-slurm.sh
+	WEBFG_REQUIRE_SLURM=1 $(BIN)/python -m pytest tests/test_slurm.py; rc=$$?; bash .ci/stop-local-slurm.sh; exit $$rc
 
 dag: install
 	$(BIN)/snakemake --configfile config/demo.yaml --rulegraph | dot -Tsvg > rulegraph.svg

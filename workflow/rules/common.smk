@@ -2,6 +2,7 @@ import os
 
 from snakemake.utils import validate
 
+from webfg.cluster import ResourceError, check_fits, job_geometry, parse_sinfo
 from webfg.config import ModelConfig
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -26,6 +27,10 @@ def check_config():
             ModelConfig.from_dict(model_params(name), where=f"models.{name}")
         except ValueError as e:
             raise ConfigError(f"config: {e}") from None
+        try:
+            model_resources(name)
+        except ResourceError as e:
+            raise ConfigError(f"config {e}") from None
     for i, (name, rnd) in enumerate(config["rounds"].items()):
         for m in rnd["models"]:
             if m not in MODELS:
@@ -55,7 +60,41 @@ def model_params(model):
 
 
 def model_resources(model):
-    return {"gpus": 0, "mem_mb": 4000, "runtime": 120, **MODELS[model].get("resources", {})}
+    """models.<name>.resources with defaults, plus the job geometry (webfg.cluster.job_geometry)."""
+    return job_geometry(MODELS[model].get("resources", {}), f"models.{model}.resources")
+
+
+def infer_mem_mb(model):
+    r = model_resources(model)
+    return max(1000, r["mem_mb"] // r["tasks_per_node"])
+
+
+onstart:
+    # Slurm only (not in dry runs, nor inside a job): refuse before the first sbatch what
+    # Slurm would reject or pend forever, naming the model and the key to change
+    if getattr(workflow.executor_plugin, "name", None) == "slurm":
+        check_slurm_requests()
+
+
+def check_slurm_requests():
+    import shutil
+    import subprocess
+
+    if shutil.which("sbatch") is None:
+        raise ConfigError("profiles/slurm submits with sbatch, which is not on PATH: run Snakemake on a Slurm "
+                          "login node (or load the Slurm module), or use --profile profiles/local or "
+                          "profiles/workstation on one machine")
+    sinfo = subprocess.run(["sinfo", "-h", "-o", "%P|%D|%G"], capture_output=True, text=True)
+    if sinfo.returncode:
+        raise ConfigError(f"sinfo failed: {sinfo.stderr.strip()}")
+    partitions = parse_sinfo(sinfo.stdout)
+    partition = os.environ.get("WEBFG_SLURM_GPU_PARTITION", "")
+    for rnd in ROUNDS:
+        for m in config["rounds"][rnd]["models"]:
+            try:
+                check_fits(m, model_resources(m), partitions, partition)
+            except ResourceError as e:
+                raise ConfigError(f"config {e}") from None
 
 
 check_config()
