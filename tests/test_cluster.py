@@ -43,10 +43,13 @@ def test_requests_larger_than_the_partition_are_refused_with_the_fix():
     check_fits("vit", job_geometry({"gpus": 16, "nodes": 2}, "x"), parts, "gpu")  # 8 per node: fits
     with pytest.raises(ResourceError, match=r"models.vit.resources: 16 GPUs on 1 node\(s\) = 16 per node, but Slurm "
                                             r"partition 'gpu' has at most 8 GPUs per node; set models.vit.resources"
-                                            r".nodes to 2 or more"):
+                                            r".nodes to 2$"):
         check_fits("vit", job_geometry({"gpus": 16}, "x"), parts, "gpu")
-    with pytest.raises(ResourceError, match="partition 'debug' has at most 2 GPUs per node"):
-        check_fits("vit", job_geometry({"gpus": 4}, "x"), parts, "")  # the default partition
+    with pytest.raises(ResourceError, match="partition 'debug' has at most 2 GPUs per node; lower "
+                                            r"models.vit.resources.gpus to at most 2 \(1 node\(s\) x 2\)"):
+        check_fits("vit", job_geometry({"gpus": 4}, "x"), parts, "")  # the default partition, one node
+    with pytest.raises(ResourceError, match="set models.vit.resources.nodes to 4$"):  # 12 GPUs: 3 per node
+        check_fits("vit", job_geometry({"gpus": 12}, "x"), parse_sinfo("gpu|4|gpu:3"), "gpu")
     with pytest.raises(ResourceError, match="models.vit.resources.nodes: 8 nodes, but Slurm partition 'gpu' has 4"):
         check_fits("vit", job_geometry({"gpus": 16, "nodes": 8}, "x"), parts, "gpu")
     with pytest.raises(ResourceError, match="pick a partition with GPUs"):

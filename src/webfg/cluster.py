@@ -75,11 +75,16 @@ def check_fits(model: str, geometry: dict, partitions: dict[str, dict], partitio
     p = partitions[partition]
     if geometry["gpus"] == 0:
         return
-    per_node = geometry["tasks_per_node"]
-    if per_node > p["gpus_per_node"]:
-        need = -(-geometry["gpus"] // max(p["gpus_per_node"], 1))
-        hint = (f"set {where}.nodes to {need} or more (a divisor of {geometry['gpus']})" if p["gpus_per_node"]
-                else "pick a partition with GPUs (WEBFG_SLURM_GPU_PARTITION)")
+    gpus, per_node, most = geometry["gpus"], geometry["tasks_per_node"], p["gpus_per_node"]
+    if per_node > most:
+        # the fewest nodes that hold the GPUs evenly, if the partition has that many
+        nodes = next((d for d in range(1, gpus + 1) if gpus % d == 0 and gpus // d <= most), None) if most else None
+        if not most:
+            hint = "pick a partition with GPUs (WEBFG_SLURM_GPU_PARTITION)"
+        elif nodes is not None and nodes <= p["nodes"]:
+            hint = f"set {where}.nodes to {nodes}"
+        else:
+            hint = f"lower {where}.gpus to at most {most * p['nodes']} ({p['nodes']} node(s) x {most})"
         raise ResourceError(f"{where}: {geometry['gpus']} GPUs on {geometry['nodes']} node(s) = {per_node} per node, "
                             f"but Slurm partition {partition!r} has at most {p['gpus_per_node']} GPUs per node; {hint}")
     if geometry["nodes"] > p["nodes"]:

@@ -19,7 +19,8 @@ argv = [
     "--stats", snakemake.input.stats,
     "--out", snakemake.output.model,
     "--state-dir", snakemake.params.state_dir,
-    "--threads", str(res.cpus_per_task),
+    # the node's CPUs; the trainer divides them among its processes on the node
+    "--threads", str(res.cpus_per_task * res.tasks_per_node),
 ]
 cmd = launch_command(argv, res.nodes, res.tasks_per_node, res.cpus_per_task, res.gpu > 0)
 if cmd is None:
