@@ -20,4 +20,6 @@ def test_bad_input_is_one_line_and_exit_status(tmp_path, capsys):
     (tmp_path / "data/train/0000").mkdir(parents=True)
     with pytest.raises(SystemExit) as e:
         main(["clean-split", str(tmp_path / "data"), "--out", str(tmp_path / "out")])
-    assert "webfg clean-split: error:" in str(e.value.code) and "0000: empty class" in str(e.value.code)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("webfg clean-split: error:") and "0000: empty class" in err
+    assert len(err.strip().splitlines()) == 1

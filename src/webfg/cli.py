@@ -227,7 +227,8 @@ def main(argv=None) -> None:
     try:
         args.func(args)
     except (InputError, FileExistsError) as e:
-        sys.exit(f"webfg {args.command}: error: {e}")
+        print(f"webfg {args.command}: error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

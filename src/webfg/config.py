@@ -32,6 +32,7 @@ class ModelConfig:
     cutmix_alpha: float = 1.0
     randaugment: str | None = "rand-m9-mstd0.5-inc1"
     random_erasing: float = 0.25
+    color_jitter: float = 0.4  # timm applies it only when randaugment is off; 0 disables
     hflip: float = 0.5
     crop_scale: tuple[float, float] = (0.08, 1.0)
     test_crop_pct: float = 0.875  # short side img_size/crop_pct, centre crop img_size
@@ -46,6 +47,16 @@ class ModelConfig:
     tta_flip: bool = True
     soup_last: int = 1  # uniform soup of the last N epochs' weights (1 = last epoch only)
     seed: int = 0
+    # scale-out: batch_size is per process (GPU); the optimizer sees
+    # batch_size x world size x grad_accum images per update
+    global_batch_size: int | None = None  # if set, grad_accum = this / (batch_size x world size)
+    grad_accum: int = 1
+    precision: str = "auto"  # auto (bf16 on GPUs that have it, else fp32) | fp32 | bf16 | fp16
+    # runtime knobs: they do not change what is learned (not part of the resume fingerprint)
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the model
+    num_workers: int = 0  # data-loading processes per training process
+    checkpoint_every: int = 0  # also checkpoint every N optimizer updates (0: once per epoch)
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "model config") -> "ModelConfig":
@@ -60,10 +71,26 @@ class ModelConfig:
         cfg = cls(**values)
         if cfg.head not in ("linear", "arcface"):
             raise ValueError(f"{where}.head: {cfg.head!r} is not one of ['arcface', 'linear']")
+        if cfg.precision not in PRECISIONS:
+            raise ValueError(f"{where}.precision: {cfg.precision!r} is not one of {list(PRECISIONS)}")
+        for key in ("epochs", "batch_size", "grad_accum", "soup_last"):
+            if getattr(cfg, key) < 1:
+                raise ValueError(f"{where}.{key}: must be at least 1, got {getattr(cfg, key)}")
+        if cfg.global_batch_size is not None and cfg.global_batch_size % cfg.batch_size:
+            raise ValueError(f"{where}.global_batch_size: {cfg.global_batch_size} is not a multiple of "
+                             f"batch_size {cfg.batch_size}")
         return cfg
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def learning_dict(self) -> dict:
+        """The fields that change what is learned (the runtime knobs removed)."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+RUNTIME_FIELDS = ("channels_last", "compile", "num_workers", "checkpoint_every")
 
 
 def _coerce(value, hint, where):

@@ -18,17 +18,26 @@ from webfg.io import save_predictions
 @torch.no_grad()
 def predict_probs(model, root, relpaths, batch_size: int = 256, log=print) -> np.ndarray:
     """Class probabilities (N, C) float32; with ``tta_flip`` the mean of the image's
-    and its horizontal mirror's probabilities."""
+    and its horizontal mirror's probabilities. Runs on the model's device, under the
+    config's autocast precision (probabilities are computed from fp32 logits)."""
+    from webfg.train import autocast, resolve_precision
+
     model.eval()
+    device = next(model.parameters()).device
+    amp_dtype = resolve_precision(model.cfg.precision, device)
+    workers = model.cfg.num_workers
     loader = torch.utils.data.DataLoader(
-        ImageList(root, list(relpaths), eval_transform(model.cfg)), batch_size=batch_size, shuffle=False
+        ImageList(root, list(relpaths), eval_transform(model.cfg)), batch_size=batch_size, shuffle=False,
+        num_workers=workers, pin_memory=device.type == "cuda",
     )
     out, t0 = [], time.time()
     for x, _ in loader:
-        probs = model.predict_logits(x).softmax(1)
-        if model.cfg.tta_flip:
-            probs = 0.5 * (probs + model.predict_logits(x.flip(3)).softmax(1))
-        out.append(probs.numpy())
+        x = x.to(device, non_blocking=True)
+        with autocast(device, amp_dtype):
+            probs = model.predict_logits(x).softmax(1)
+            if model.cfg.tta_flip:
+                probs = 0.5 * (probs + model.predict_logits(x.flip(3)).softmax(1))
+        out.append(probs.float().cpu().numpy())
     n = len(loader.dataset)
     log(f"  {n} images in {time.time() - t0:.1f}s ({n / max(time.time() - t0, 1e-9):.0f} img/s)")
     return np.concatenate(out) if out else np.zeros((0, model.class_counts.numel()), np.float32)
@@ -45,6 +54,8 @@ def infer_splits(model_path, root, val_list, splits: dict, model_name: str = "",
     if threads:
         torch.set_num_threads(threads)
     model = load_model(model_path)
+    if torch.cuda.is_available():
+        model = model.cuda()
     log(f"val: {model_path}")
     val_probs = predict_probs(model, root, [p for p, _ in val_list], log=log)
     val_labels = np.array([y for _, y in val_list])
