@@ -133,7 +133,7 @@ def test_each_job_asked_slurm_for_its_gpus_and_light_jobs_for_none(slurm_run):
     assert re.search(r"launch: srun --nodes=1 --ntasks-per-node=1 --cpus-per-task=2 .*--gpus-per-task=1 ", train_log)
 
 
-def test_requeued_training_resumes_from_its_checkpoint(slurm_run):
+def test_two_gpu_training_runs_ddp_through_srun_and_resumes_after_a_requeue(slurm_run):
     workdir, _, _ = slurm_run
     target = "results/slurm_check/train/vit_requeue.pt"
     state = workdir / "results/slurm_check/train/vit_requeue.state/last.pt"
@@ -157,7 +157,11 @@ def test_requeued_training_resumes_from_its_checkpoint(slurm_run):
     record = dict(re.findall(r"(\w+)=(\S*)", subprocess.run(["scontrol", "show", "job", "-o", job_id],
                                                              capture_output=True, text=True).stdout))
     assert record["Restarts"] == "1" and record["JobState"] == "COMPLETED"
+    # gpus: 2 -> one job, 2 tasks with a GPU each (mpi resource: no srun -n1 wrapper)
+    assert record["TresPerJob"] == "gres:gpu:2" and record["NumTasks"] == "2"
     log = (workdir / "logs/slurm_check/train/vit_requeue.log").read_text()
+    assert re.search(r"launch: srun --nodes=1 --ntasks-per-node=2 --cpus-per-task=1 .*--gpus-per-task=1 ", log), log
+    assert "2 process(es) on cpu (srun)" in log, log  # rank 0's line: torch.distributed with world size 2 (gloo)
     m = re.search(r"resumed from \S+ (?:after|at) epoch (\d+)", log)
     assert m and 1 <= int(m.group(1)) <= 8, log  # it continued, not from scratch
     history = (workdir / "results/slurm_check/train/vit_requeue.history.tsv").read_text().splitlines()
