@@ -79,4 +79,5 @@ def test_launcher_uses_srun_in_a_batch_script_torchrun_on_one_machine_else_this_
 def test_launch_without_a_command_is_one_line(capsys):
     with pytest.raises(SystemExit) as e:
         main(["launch", "--tasks-per-node", "2"])
-    assert "give the command to start after --" in str(e.value.code)
+    assert e.value.code == 2
+    assert "webfg launch: error: give the command to start after --" in capsys.readouterr().err
