@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test test-fast dag lint clean
+.PHONY: install demo test test-fast test-slurm dag lint clean
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,11 @@ test: install
 
 test-fast: install
 	WEBFG_SKIP_DEMO=1 $(BIN)/python -m pytest
+
+# profiles/slurm on a one-node Slurm with fake GPUs (root, apt); the cluster is stopped afterwards
+test-slurm: install
+	bash .ci/start-local-slurm.sh
+	WEBFG_REQUIRE_SLURM=1 $(BIN)/python -m pytest tests/test_slurm.py; rc=$$?; bash .ci/stop-local-slurm.sh; exit $$rc
 
 # docs/rulegraph.svg, the README's picture of the stages: rerun after adding or renaming rules
 dag: install

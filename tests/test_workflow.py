@@ -90,13 +90,7 @@ def test_round_target_builds_only_that_round(tmp_path):
     assert counts["train_model"] == 2 and "final_ensemble" not in counts and "filter_noisy" not in counts
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("tiny")
-    t0 = time.perf_counter()
-    snakemake(workdir, "--configfile", str(REPO / "config/tiny.yaml"))
-    print(f"tiny pipeline: {time.perf_counter() - t0:.0f}s")
-    return workdir
+# tiny_run: config/tiny.yaml run locally once per session (conftest.py)
 
 
 def test_tiny_submission_matches_the_test_split(tiny_run):

@@ -29,7 +29,36 @@ def _clean_split(a):
 def _train(a):
     from webfg.train import load_model_config, train
 
-    train(load_model_config(a.config), a.root, a.train_list, a.val_list, a.num_classes, a.out, a.state_dir, a.threads)
+    if a.config_json is not None:
+        import json
+
+        from webfg.config import ModelConfig
+
+        cfg = ModelConfig.from_dict(json.loads(a.config_json), where="--config-json")
+    else:
+        cfg = load_model_config(a.config)
+    num_classes = a.num_classes
+    if num_classes is None:
+        from webfg.io import read_json
+
+        num_classes = read_json(a.stats)["num_classes"]
+    train(cfg, a.root, a.train_list, a.val_list, num_classes, a.out, a.state_dir, a.threads)
+
+
+def _launch(a):
+    import os
+    import shlex
+
+    from webfg.cluster import launch_command
+
+    argv = a.args[1:] if a.args[:1] == ["--"] else a.args
+    if not argv:
+        raise InputError("give the command to start after --, e.g. -- train --config m.yaml ...")
+    cmd = launch_command(argv, a.nodes, a.tasks_per_node, a.cpus_per_task, a.gpus > 0)
+    if cmd is None:
+        return main(argv)
+    print(f"webfg launch: {shlex.join(cmd)}", file=sys.stderr, flush=True)
+    os.execvp(cmd[0], cmd)
 
 
 def _pretrain_mae(a):
@@ -200,11 +229,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_clean_split)
 
     s = sub.add_parser("train", help="train one model (resumes from its state folder)")
-    s.add_argument("--config", required=True)
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--config", help="the model entry as a YAML file")
+    g.add_argument("--config-json", help="the model entry as a JSON string (what the workflow passes)")
     s.add_argument("--root", required=True)
     s.add_argument("--train-list", required=True)
     s.add_argument("--val-list", required=True)
-    s.add_argument("--num-classes", type=int, required=True)
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--num-classes", type=int)
+    g.add_argument("--stats", help="clean-split's stats.json, which holds num_classes")
     s.add_argument("--out", required=True)
     s.add_argument("--state-dir")
     s.add_argument("--threads", type=int)
@@ -220,6 +253,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--state-dir")
     s.add_argument("--threads", type=int)
     s.set_defaults(func=_pretrain_mae)
+
+    s = sub.add_parser("launch", help="start a command as one process per GPU (srun in Slurm, torchrun here)",
+                       epilog="example: webfg launch --tasks-per-node 2 -- train --config m.yaml ...")
+    s.add_argument("--nodes", type=int, default=1)
+    s.add_argument("--tasks-per-node", type=int, default=1, help="processes per node (one per GPU)")
+    s.add_argument("--cpus-per-task", type=int, default=1)
+    s.add_argument("--gpus", type=int, default=0, help="GPUs of the whole job (0: CPU only)")
+    s.add_argument("args", nargs=argparse.REMAINDER, help="-- then a webfg command and its options")
+    s.set_defaults(func=_launch)
 
     s = sub.add_parser("infer", help="flip-TTA probabilities of one model on val and unlabelled lists")
     s.add_argument("--model", required=True)

@@ -2,6 +2,7 @@ import os
 
 from snakemake.utils import validate
 
+from webfg.cluster import ResourceError, check_fits, job_geometry, parse_sinfo
 from webfg.config import MAEConfig, ModelConfig
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -27,6 +28,10 @@ def check_config():
             ModelConfig.from_dict(model_params(name), where=f"models.{name}")
         except ValueError as e:
             raise ConfigError(f"config: {e}") from None
+        try:
+            model_resources(name)
+        except ResourceError as e:
+            raise ConfigError(f"config {e}") from None
         check_pretrained_file(name)
     for name in PRETRAIN:
         try:
@@ -65,7 +70,8 @@ def model_params(model):
 
 
 def model_resources(model):
-    return entry_resources(MODELS[model])
+    """models.<name>.resources with defaults, plus the job geometry (webfg.cluster.job_geometry)."""
+    return job_geometry(MODELS[model].get("resources", {}), f"models.{model}.resources")
 
 
 def entry_resources(entry):
@@ -90,6 +96,39 @@ def check_pretrained_file(model):
     if PRETRAIN[name]["arch"] != MODELS[model]["arch"]:
         raise ConfigError(f"config models.{model}.arch: {MODELS[model]['arch']!r} is not the arch "
                           f"{PRETRAIN[name]['arch']!r} of pretrain.{name}, its pretrained_file")
+
+
+def infer_mem_mb(model):
+    r = model_resources(model)
+    return max(1000, r["mem_mb"] // r["tasks_per_node"])
+
+
+onstart:
+    # Slurm only (not in dry runs, nor inside a job): refuse before the first sbatch what
+    # Slurm would reject or pend forever, naming the model and the key to change
+    if getattr(workflow.executor_plugin, "name", None) == "slurm":
+        check_slurm_requests()
+
+
+def check_slurm_requests():
+    import shutil
+    import subprocess
+
+    if shutil.which("sbatch") is None:
+        raise ConfigError("profiles/slurm submits with sbatch, which is not on PATH: run Snakemake on a Slurm "
+                          "login node (or load the Slurm module), or use --profile profiles/local or "
+                          "profiles/workstation on one machine")
+    sinfo = subprocess.run(["sinfo", "-h", "-o", "%P|%D|%G"], capture_output=True, text=True)
+    if sinfo.returncode:
+        raise ConfigError(f"sinfo failed: {sinfo.stderr.strip()}")
+    partitions = parse_sinfo(sinfo.stdout)
+    partition = os.environ.get("WEBFG_SLURM_GPU_PARTITION", "")
+    for rnd in ROUNDS:
+        for m in config["rounds"][rnd]["models"]:
+            try:
+                check_fits(m, model_resources(m), partitions, partition)
+            except ResourceError as e:
+                raise ConfigError(f"config {e}") from None
 
 
 check_config()

@@ -19,7 +19,9 @@ rule infer_probs:
     threads: workflow.cores
     resources:
         gpu=lambda w: min(1, model_resources(w.model)["gpus"]),
-        mem_mb=lambda w: model_resources(w.model)["mem_mb"],
+        cpus_per_task=lambda w: model_resources(w.model)["cpus_per_task"],
+        # one GPU's share of the node's memory; more on a retry (out-of-memory is the usual failure)
+        mem_mb=lambda w, attempt: infer_mem_mb(w.model) * attempt,
     conda:
         "../../envs/webfg.yaml"
     script:
@@ -43,7 +45,9 @@ rule score_train:
     threads: workflow.cores
     resources:
         gpu=lambda w: min(1, model_resources(w.model)["gpus"]),
-        mem_mb=lambda w: model_resources(w.model)["mem_mb"],
+        cpus_per_task=lambda w: model_resources(w.model)["cpus_per_task"],
+        # one GPU's share of the node's memory; more on a retry (out-of-memory is the usual failure)
+        mem_mb=lambda w, attempt: infer_mem_mb(w.model) * attempt,
     conda:
         "../../envs/webfg.yaml"
     script:

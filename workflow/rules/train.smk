@@ -38,10 +38,21 @@ rule train_model:
         # resumable state: outside the declared outputs, which Snakemake deletes first
         state_dir=lambda w: f"results/{w.round}/train/{w.model}.state",
     threads: workflow.cores
+    # models.<name>.resources -> the Slurm request (profiles/slurm) or the local --resources
+    # gpu=N budget. One process per GPU: gpus over nodes, tasks_per_node per node, each with
+    # cpus_per_task CPUs; scripts/train_model.py starts them (srun / torchrun / in-process).
+    # `mpi` present = the jobstep runs the script in the batch shell (no `srun -n1` wrapper),
+    # so the trainer is the srun task that Slurm's --signal and requeue reach; it is empty
+    # (the plugin adds no MPI task flags) for one process per node.
+    # A retry gets more time: training resumes from its checkpoint, so extra time finishes it.
     resources:
         gpu=lambda w: model_resources(w.model)["gpus"],
+        nodes=lambda w: model_resources(w.model)["nodes"],
+        tasks_per_node=lambda w: model_resources(w.model)["tasks_per_node"],
+        mpi=lambda w: "srun" if model_resources(w.model)["tasks_per_node"] > 1 else "",
+        cpus_per_task=lambda w: model_resources(w.model)["cpus_per_task"],
         mem_mb=lambda w: model_resources(w.model)["mem_mb"],
-        runtime=lambda w: model_resources(w.model)["runtime"],
+        runtime=lambda w, attempt: model_resources(w.model)["runtime"] * attempt,
     conda:
         "../../envs/webfg.yaml"
     script:

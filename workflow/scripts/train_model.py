@@ -1,20 +1,47 @@
+"""Train one model: in this process, or as one process per GPU (srun in a Slurm job, torchrun here)."""
 import sys
 
 sys.stderr = open(snakemake.log[0], "w")
 
-from webfg.config import ModelConfig
-from webfg.io import log_to_stderr, read_json
-from webfg.train import train
+import json
+import shlex
+import subprocess
 
-cfg = ModelConfig.from_dict(snakemake.params.model, where=f"models.{snakemake.wildcards.model}")
-train(
-    cfg,
-    snakemake.params.root,
-    snakemake.input.train,
-    snakemake.input.val,
-    read_json(snakemake.input.stats)["num_classes"],
-    snakemake.output.model,
-    state_dir=snakemake.params.state_dir,
-    threads=snakemake.threads,
-    log=log_to_stderr,
-)
+from webfg.cluster import launch_command
+
+res = snakemake.resources
+argv = [
+    "train",
+    "--config-json", json.dumps(snakemake.params.model),
+    "--root", snakemake.params.root,
+    "--train-list", snakemake.input.train,
+    "--val-list", snakemake.input.val,
+    "--stats", snakemake.input.stats,
+    "--out", snakemake.output.model,
+    "--state-dir", snakemake.params.state_dir,
+    # the node's CPUs; the trainer divides them among its processes on the node
+    "--threads", str(res.cpus_per_task * res.tasks_per_node),
+]
+cmd = launch_command(argv, res.nodes, res.tasks_per_node, res.cpus_per_task, res.gpu > 0)
+if cmd is None:
+    from webfg.config import ModelConfig
+    from webfg.io import log_to_stderr, read_json
+    from webfg.train import train
+
+    cfg = ModelConfig.from_dict(snakemake.params.model, where=f"models.{snakemake.wildcards.model}")
+    train(
+        cfg,
+        snakemake.params.root,
+        snakemake.input.train,
+        snakemake.input.val,
+        read_json(snakemake.input.stats)["num_classes"],
+        snakemake.output.model,
+        state_dir=snakemake.params.state_dir,
+        threads=snakemake.threads,
+        log=log_to_stderr,
+    )
+else:
+    print(f"launch: {shlex.join(cmd)}", file=sys.stderr, flush=True)
+    rc = subprocess.run(cmd, stdout=sys.stderr, stderr=subprocess.STDOUT).returncode
+    if rc:
+        sys.exit(f"training of {snakemake.wildcards.round}/{snakemake.wildcards.model} exited with status {rc}")

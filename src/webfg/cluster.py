@@ -1,0 +1,121 @@
+"""Where a training job runs: one model's resources -> job geometry, Slurm limits, and the launcher.
+
+A model entry asks for ``gpus`` spread over ``nodes`` (one training process per GPU,
+the same number on every node). The Snakemake rules turn that into a Slurm request
+(``workflow/rules/train.smk``); inside the job ``webfg launch`` starts the processes:
+``srun`` when it runs in a Slurm batch script, ``torchrun`` for several GPUs on one
+machine, the command itself otherwise. The trainer then reads its rank from the
+environment (``webfg.distributed``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+
+from webfg.io import InputError
+
+DEFAULTS = {"gpus": 0, "nodes": 1, "cpus_per_gpu": 4, "mem_mb": 4000, "runtime": 120}
+
+
+class ResourceError(InputError):
+    """A model's resources cannot be requested; the message names the key to change."""
+
+
+def job_geometry(resources: dict, where: str) -> dict:
+    """The resources with defaults filled in, plus ``tasks_per_node`` and ``cpus_per_task``.
+
+    ``where`` is the config key (``models.<name>.resources``) that error messages name.
+    """
+    r = {**DEFAULTS, **(resources or {})}
+    gpus, nodes = r["gpus"], r["nodes"]
+    if gpus == 0 and nodes > 1:
+        raise ResourceError(f"{where}.nodes: {nodes} nodes for a CPU-only job (gpus: 0); set {where}.nodes to 1 "
+                            "or give it gpus")
+    if gpus % nodes:
+        divisors = [d for d in range(1, gpus + 1) if gpus % d == 0]
+        raise ResourceError(f"{where}: gpus {gpus} do not divide into nodes {nodes} (one process per GPU, "
+                            f"the same number on every node); set {where}.nodes to one of {divisors}")
+    r["tasks_per_node"] = max(1, gpus // nodes)
+    # CPUs of one training process (one per GPU); a CPU-only job keeps the cores it is given
+    r["cpus_per_task"] = r["cpus_per_gpu"]
+    return r
+
+
+def parse_sinfo(text: str) -> dict[str, dict]:
+    """``sinfo -h -o '%P|%D|%G'`` -> {partition: {gpus_per_node, nodes, default}}.
+
+    Each line is one group of nodes; a partition's GPUs per node is the largest group's
+    count (``gpu:8``, ``gpu:a100:8(S:0-1)``, ``gpu:a100:4,gpu:v100:2`` -> 4 and 2 -> 4).
+    """
+    parts: dict[str, dict] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        name, nodes, gres = line.strip().split("|")
+        default = name.endswith("*")
+        name = name.rstrip("*")
+        gpus = max([int(m) for m in re.findall(r"gpu(?::[^:,()]+)?:(\d+)", gres)] or [0])
+        p = parts.setdefault(name, {"gpus_per_node": 0, "nodes": 0, "default": default})
+        p["gpus_per_node"] = max(p["gpus_per_node"], gpus)
+        p["nodes"] += int(nodes)
+    return parts
+
+
+def check_fits(model: str, geometry: dict, partitions: dict[str, dict], partition: str | None) -> None:
+    """Refuse, before submission, a model whose request the partition can never satisfy."""
+    where = f"models.{model}.resources"
+    if not partition:
+        partition = next((n for n, p in partitions.items() if p["default"]), None)
+    if partition not in partitions:
+        raise ResourceError(f"Slurm partition {partition!r} (WEBFG_SLURM_GPU_PARTITION) is not one of "
+                            f"{sorted(partitions)} (sinfo)")
+    p = partitions[partition]
+    if geometry["gpus"] == 0:
+        return
+    gpus, per_node, most = geometry["gpus"], geometry["tasks_per_node"], p["gpus_per_node"]
+    if per_node > most:
+        # the fewest nodes that hold the GPUs evenly, if the partition has that many
+        nodes = next((d for d in range(1, gpus + 1) if gpus % d == 0 and gpus // d <= most), None) if most else None
+        if not most:
+            hint = "pick a partition with GPUs (WEBFG_SLURM_GPU_PARTITION)"
+        elif nodes is not None and nodes <= p["nodes"]:
+            hint = f"set {where}.nodes to {nodes}"
+        else:
+            hint = f"lower {where}.gpus to at most {most * p['nodes']} ({p['nodes']} node(s) x {most})"
+        raise ResourceError(f"{where}: {geometry['gpus']} GPUs on {geometry['nodes']} node(s) = {per_node} per node, "
+                            f"but Slurm partition {partition!r} has at most {p['gpus_per_node']} GPUs per node; {hint}")
+    if geometry["nodes"] > p["nodes"]:
+        raise ResourceError(f"{where}.nodes: {geometry['nodes']} nodes, but Slurm partition {partition!r} has "
+                            f"{p['nodes']}; lower {where}.nodes or gpus")
+
+
+def launch_command(argv: list[str], nodes: int, tasks_per_node: int, cpus_per_task: int, gpus: bool,
+                   env=os.environ) -> list[str] | None:
+    """The command that starts ``webfg <argv>`` as ``nodes x tasks_per_node`` processes.
+
+    None means: run it in this process. Decided from the environment at run time, so one
+    rule serves a Slurm cluster, a multi-GPU workstation and a laptop:
+
+    - in a Slurm batch script (SLURM_JOB_ID set, not yet inside a task): ``srun`` starts
+      one task per GPU; the trainer is then the task itself, so Slurm's signals
+      (``--signal=USR1@..``, requeue) reach it and not Snakemake.
+    - inside a Slurm task (SLURM_PROCID set): this process is already one rank.
+    - elsewhere, several processes: ``torchrun --standalone`` on this machine.
+    """
+    python = [sys.executable, "-m", "webfg.cli", *argv]
+    if env.get("SLURM_JOB_ID") and "SLURM_PROCID" not in env:
+        cmd = ["srun", f"--nodes={nodes}", f"--ntasks-per-node={tasks_per_node}", f"--cpus-per-task={cpus_per_task}",
+               "--kill-on-bad-exit=1", "--unbuffered"]
+        if gpus:
+            cmd.append("--gpus-per-task=1")
+        return cmd + python
+    if "SLURM_PROCID" in env or nodes * tasks_per_node == 1:
+        return None
+    if nodes > 1:
+        raise ResourceError(f"{nodes} nodes requested outside Slurm: run multi-node training under Slurm "
+                            "(profiles/slurm) or set the model's resources.nodes to 1")
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
+    return [torchrun, "--standalone", f"--nproc-per-node={tasks_per_node}", "-m", "webfg.cli", *argv]
