@@ -7,6 +7,6 @@ include: "workflow/Snakefile"
 
 
 rule all:
+    default_target: True
     input:
         all_targets(),
-    default_target: True

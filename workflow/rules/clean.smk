@@ -17,6 +17,8 @@ rule clean_split:
         "logs/clean/clean_split.log",
     benchmark:
         "benchmarks/clean/clean_split.tsv"
+    conda:
+        "../../envs/webfg.yaml"
     params:
         root=DATA_ROOT,
         num_classes=config["data"]["num_classes"],
@@ -25,8 +27,6 @@ rule clean_split:
         val_fraction=config["clean"]["val_fraction"],
         val_min_per_class=config["clean"]["val_min_per_class"],
         seed=config["clean"]["seed"],
-    conda:
-        "../../envs/webfg.yaml"
     script:
         "../scripts/clean_split.py"
 
@@ -42,11 +42,11 @@ rule filter_noisy:
         "logs/clean/filter_noisy.log",
     benchmark:
         "benchmarks/clean/filter_noisy.tsv"
+    conda:
+        "../../envs/webfg.yaml"
     params:
         max_label_prob=NOISE["max_label_prob"],
         min_top_prob=NOISE["min_top_prob"],
-    conda:
-        "../../envs/webfg.yaml"
     script:
         "../scripts/filter_noisy.py"
 
@@ -58,12 +58,12 @@ rule class_list:
         "results/clean/classes.tsv",  # id -> class folder name, for the submission
     log:
         "logs/clean/class_list.log",
+    localrule: True
+    conda:
+        "../../envs/webfg.yaml"
     params:
         root=DATA_ROOT,
         num_classes=config["data"]["num_classes"],
         meta_all=config["data"]["meta_all"],
-    localrule: True
-    conda:
-        "../../envs/webfg.yaml"
     script:
         "../scripts/class_list.py"

@@ -40,28 +40,44 @@ def check_config():
             raise ConfigError(f"config: {e}") from None
         for s in PRETRAIN[name]["splits"]:
             if s not in SPLITS:
-                raise ConfigError(f"config pretrain.{name}.splits: {s!r} is not in data.test_splits {SPLITS}")
+                raise ConfigError(
+                    f"config pretrain.{name}.splits: {s!r} is not in data.test_splits {SPLITS}"
+                )
     for i, (name, rnd) in enumerate(config["rounds"].items()):
         for m in rnd["models"]:
             if m not in MODELS:
-                raise ConfigError(f"config rounds.{name}.models: {m!r} is not a key of models ({sorted(MODELS)})")
+                raise ConfigError(
+                    f"config rounds.{name}.models: {m!r} is not a key of models ({sorted(MODELS)})"
+                )
         pseudo = rnd.get("pseudo")
         if pseudo:
             if pseudo["from"] not in ROUNDS[:i]:
-                raise ConfigError(f"config rounds.{name}.pseudo.from: {pseudo['from']!r} must be an earlier round, one of {ROUNDS[:i]}")
+                raise ConfigError(
+                    f"config rounds.{name}.pseudo.from: {pseudo['from']!r} must be an earlier round, one of {ROUNDS[:i]}"
+                )
             for s in pseudo["splits"]:
                 if s not in SPLITS:
-                    raise ConfigError(f"config rounds.{name}.pseudo.splits: {s!r} is not in data.test_splits {SPLITS}")
+                    raise ConfigError(
+                        f"config rounds.{name}.pseudo.splits: {s!r} is not in data.test_splits {SPLITS}"
+                    )
     if NOISE["enabled"]:
         if NOISE["round"] not in ROUNDS:
-            raise ConfigError(f"config clean.noise_filter.round: {NOISE['round']!r} is not a round ({ROUNDS})")
+            raise ConfigError(
+                f"config clean.noise_filter.round: {NOISE['round']!r} is not a round ({ROUNDS})"
+            )
         if config["rounds"][NOISE["round"]].get("pseudo"):
-            raise ConfigError(f"config clean.noise_filter.round: round {NOISE['round']!r} must train without pseudo-labels")
+            raise ConfigError(
+                f"config clean.noise_filter.round: round {NOISE['round']!r} must train without pseudo-labels"
+            )
     for r, m in FINAL["members"]:
         if r not in ROUNDS or m not in config["rounds"][r]["models"]:
-            raise ConfigError(f"config final.members: [{r}, {m}] is not a model trained in a round")
+            raise ConfigError(
+                f"config final.members: [{r}, {m}] is not a model trained in a round"
+            )
     if FINAL["split"] not in SPLITS:
-        raise ConfigError(f"config final.split: {FINAL['split']!r} is not in data.test_splits {SPLITS}")
+        raise ConfigError(
+            f"config final.split: {FINAL['split']!r} is not in data.test_splits {SPLITS}"
+        )
 
 
 def model_params(model):
@@ -91,11 +107,15 @@ def check_pretrained_file(model):
         return
     name = path.removeprefix("results/pretrain/").removesuffix(".pth")
     if name not in PRETRAIN or path != f"results/pretrain/{name}.pth":
-        raise ConfigError(f"config models.{model}.pretrained_file: {path!r} is made by no pretrain entry "
-                          f"(pretrain: {sorted(PRETRAIN)}; expected results/pretrain/<name>.pth)")
+        raise ConfigError(
+            f"config models.{model}.pretrained_file: {path!r} is made by no pretrain entry "
+            f"(pretrain: {sorted(PRETRAIN)}; expected results/pretrain/<name>.pth)"
+        )
     if PRETRAIN[name]["arch"] != MODELS[model]["arch"]:
-        raise ConfigError(f"config models.{model}.arch: {MODELS[model]['arch']!r} is not the arch "
-                          f"{PRETRAIN[name]['arch']!r} of pretrain.{name}, its pretrained_file")
+        raise ConfigError(
+            f"config models.{model}.arch: {MODELS[model]['arch']!r} is not the arch "
+            f"{PRETRAIN[name]['arch']!r} of pretrain.{name}, its pretrained_file"
+        )
 
 
 def infer_mem_mb(model):
@@ -115,10 +135,14 @@ def check_slurm_requests():
     import subprocess
 
     if shutil.which("sbatch") is None:
-        raise ConfigError("profiles/slurm submits with sbatch, which is not on PATH: run Snakemake on a Slurm "
-                          "login node (or load the Slurm module), or use --profile profiles/local or "
-                          "profiles/workstation on one machine")
-    sinfo = subprocess.run(["sinfo", "-h", "-o", "%P|%D|%G"], capture_output=True, text=True)
+        raise ConfigError(
+            "profiles/slurm submits with sbatch, which is not on PATH: run Snakemake on a Slurm "
+            "login node (or load the Slurm module), or use --profile profiles/local or "
+            "profiles/workstation on one machine"
+        )
+    sinfo = subprocess.run(
+        ["sinfo", "-h", "-o", "%P|%D|%G"], capture_output=True, text=True
+    )
     if sinfo.returncode:
         raise ConfigError(f"sinfo failed: {sinfo.stderr.strip()}")
     partitions = parse_sinfo(sinfo.stdout)
@@ -143,7 +167,11 @@ wildcard_constraints:
 
 def data_ready(wildcards=None):
     """The demo rule's marker when the demo is built by the workflow; nothing otherwise."""
-    return [os.path.join(DATA_ROOT, "answers", "spec.json")] if config["demo"]["build"] else []
+    return (
+        [os.path.join(DATA_ROOT, "answers", "spec.json")]
+        if config["demo"]["build"]
+        else []
+    )
 
 
 def train_list_of_round(rnd):
@@ -157,7 +185,10 @@ def pseudo_lists(rnd):
     pseudo = config["rounds"][rnd].get("pseudo")
     if not pseudo:
         return []
-    return [f"results/{pseudo['from']}/pseudo/{s}@{pseudo['threshold']:g}.txt" for s in pseudo["splits"]]
+    return [
+        f"results/{pseudo['from']}/pseudo/{s}@{pseudo['threshold']:g}.txt"
+        for s in pseudo["splits"]
+    ]
 
 
 def prediction_files(stem):
@@ -165,7 +196,9 @@ def prediction_files(stem):
 
 
 def round_predictions(rnd, split):
-    return [f"results/{rnd}/infer/{m}/{split}.npy" for m in config["rounds"][rnd]["models"]]
+    return [
+        f"results/{rnd}/infer/{m}/{split}.npy" for m in config["rounds"][rnd]["models"]
+    ]
 
 
 def round_targets(rnd):

@@ -5,11 +5,11 @@ if config["demo"]["build"]:
             spec=os.path.join(DATA_ROOT, "answers", "spec.json"),
         log:
             "logs/demo_data.log",
+        conda:
+            "../../envs/webfg.yaml"
         params:
             root=lambda w, output: os.path.dirname(os.path.dirname(output.spec)),
             preset=config["demo"]["preset"],
             seed=config["demo"]["seed"],
-        conda:
-            "../../envs/webfg.yaml"
         script:
             "../scripts/demo_data.py"

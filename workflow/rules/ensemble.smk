@@ -5,10 +5,10 @@ rule ensemble_probs:
         prediction_files("results/{round}/ensemble/{split}"),
     log:
         "logs/{round}/ensemble/{split}.log",
-    params:
-        power=0,  # a round's ensemble is the plain mean, as the recipe's pseudo-labelling
     conda:
         "../../envs/webfg.yaml"
+    params:
+        power=0,  # a round's ensemble is the plain mean, as the recipe's pseudo-labelling
     script:
         "../scripts/ensemble_probs.py"
 
@@ -21,11 +21,11 @@ rule make_pseudo:
         yield_tsv="results/{round}/pseudo/{split}@{threshold}.yield.tsv",
     log:
         "logs/{round}/pseudo/{split}@{threshold}.log",
-    params:
-        threshold=lambda w: float(w.threshold),
     localrule: True
     conda:
         "../../envs/webfg.yaml"
+    params:
+        threshold=lambda w: float(w.threshold),
     script:
         "../scripts/make_pseudo.py"
 
@@ -38,4 +38,3 @@ for _round in ROUNDS:
         input:
             round_targets(_round),
         localrule: True
-

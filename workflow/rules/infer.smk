@@ -13,17 +13,17 @@ rule infer_probs:
         "logs/{round}/infer/{model}.log",
     benchmark:
         "benchmarks/{round}/infer/{model}.tsv"
-    params:
-        root=DATA_ROOT,
-        splits=["val"] + SPLITS,
+    conda:
+        "../../envs/webfg.yaml"
     threads: workflow.cores
     resources:
         gpu=lambda w: min(1, model_resources(w.model)["gpus"]),
         cpus_per_task=lambda w: model_resources(w.model)["cpus_per_task"],
         # one GPU's share of the node's memory; more on a retry (out-of-memory is the usual failure)
         mem_mb=lambda w, attempt: infer_mem_mb(w.model) * attempt,
-    conda:
-        "../../envs/webfg.yaml"
+    params:
+        root=DATA_ROOT,
+        splits=["val"] + SPLITS,
     script:
         "../scripts/infer_probs.py"
 
@@ -39,16 +39,16 @@ rule score_train:
         "logs/{round}/infer/{model}.train.log",
     benchmark:
         "benchmarks/{round}/infer/{model}.train.tsv"
-    params:
-        root=DATA_ROOT,
-        splits=["train"],
+    conda:
+        "../../envs/webfg.yaml"
     threads: workflow.cores
     resources:
         gpu=lambda w: min(1, model_resources(w.model)["gpus"]),
         cpus_per_task=lambda w: model_resources(w.model)["cpus_per_task"],
         # one GPU's share of the node's memory; more on a retry (out-of-memory is the usual failure)
         mem_mb=lambda w, attempt: infer_mem_mb(w.model) * attempt,
-    conda:
-        "../../envs/webfg.yaml"
+    params:
+        root=DATA_ROOT,
+        splits=["train"],
     script:
         "../scripts/infer_probs.py"

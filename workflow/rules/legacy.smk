@@ -11,9 +11,14 @@ from snakemake.utils import validate
 
 validate(config["legacy"], schema="../schemas/legacy.schema.yaml")
 LEGACY = config["legacy"]
-LEGACY_NAMES = sorted(os.path.basename(p)[: -len(".pkl")] for p in glob.glob(os.path.join(LEGACY["results_dir"], "*.pkl")))
+LEGACY_NAMES = sorted(
+    os.path.basename(p)[: -len(".pkl")]
+    for p in glob.glob(os.path.join(LEGACY["results_dir"], "*.pkl"))
+)
 if not LEGACY_NAMES:
-    raise ValueError(f"config legacy.results_dir: no *.pkl result files in {LEGACY['results_dir']!r}")
+    raise ValueError(
+        f"config legacy.results_dir: no *.pkl result files in {LEGACY['results_dir']!r}"
+    )
 
 
 def legacy_files(stem):
@@ -40,10 +45,10 @@ rule legacy_import:
         "logs/legacy/import/{name}.log",
     wildcard_constraints:
         name="|".join(re.escape(n) for n in LEGACY_NAMES),
-    params:
-        split=LEGACY["split"],
     conda:
         "../../envs/webfg.yaml"
+    params:
+        split=LEGACY["split"],
     script:
         "../scripts/legacy_import.py"
 
@@ -57,10 +62,10 @@ rule legacy_ensemble:
         "logs/legacy/ensemble.log",
     benchmark:
         "benchmarks/legacy/ensemble.tsv"
-    params:
-        power=LEGACY["power"],
     conda:
         "../../envs/webfg.yaml"
+    params:
+        power=LEGACY["power"],
     script:
         "../scripts/ensemble_probs.py"
 
@@ -84,11 +89,11 @@ rule legacy_pseudo:
         yield_tsv="results/legacy/pseudo.yield.tsv",
     log:
         "logs/legacy/pseudo.log",
-    params:
-        threshold=LEGACY["pseudo_threshold"],
     localrule: True
     conda:
         "../../envs/webfg.yaml"
+    params:
+        threshold=LEGACY["pseudo_threshold"],
     script:
         "../scripts/make_pseudo.py"
 
@@ -103,10 +108,10 @@ rule legacy_redistribute:
         "logs/legacy/redistribute.log",
     benchmark:
         "benchmarks/legacy/redistribute.tsv"
-    params:
-        **LEGACY["redistribute"],
     conda:
         "../../envs/webfg.yaml"
+    params:
+        **LEGACY["redistribute"],
     script:
         "../scripts/redistribute.py"
 

@@ -54,15 +54,19 @@ rule plot_pseudo_yield:
             caption="../report/plot_pseudo_yield.rst",
             category="Pseudo-labels",
             subcategory="made by {round}",
-            labels={"made by": "{round}", "split": "{split}", "threshold": "{threshold}"},
+            labels={
+                "made by": "{round}",
+                "split": "{split}",
+                "threshold": "{threshold}",
+            },
         ),
     log:
         "logs/{round}/plots/pseudo_{split}@{threshold}.log",
-    params:
-        threshold=lambda w: float(w.threshold),
     localrule: True
     conda:
         "../../envs/webfg.yaml"
+    params:
+        threshold=lambda w: float(w.threshold),
     script:
         "../scripts/plot.py"
 
@@ -79,11 +83,15 @@ rule plot_class_counts:
         ),
     log:
         "logs/plots/class_counts.log",
-    params:
-        k=FINAL["redistribute"]["k"] if FINAL["redistribute"]["method"] != "none" else None,
     localrule: True
     conda:
         "../../envs/webfg.yaml"
+    params:
+        k=(
+            FINAL["redistribute"]["k"]
+            if FINAL["redistribute"]["method"] != "none"
+            else None
+        ),
     script:
         "../scripts/plot.py"
 

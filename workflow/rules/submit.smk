@@ -6,11 +6,11 @@ rule final_ensemble:
     log:
         "logs/final/ensemble.log",
     benchmark:
-        "benchmarks/final/ensemble.tsv",
-    params:
-        power=FINAL["power"],
+        "benchmarks/final/ensemble.tsv"
     conda:
         "../../envs/webfg.yaml"
+    params:
+        power=FINAL["power"],
     script:
         "../scripts/ensemble_probs.py"
 
@@ -29,15 +29,15 @@ rule redistribute:
     log:
         "logs/final/redistribute.log",
     benchmark:
-        "benchmarks/final/redistribute.tsv",
+        "benchmarks/final/redistribute.tsv"
+    conda:
+        "../../envs/webfg.yaml"
     params:
         method=FINAL["redistribute"]["method"],
         k=FINAL["redistribute"]["k"],
         strength=FINAL["redistribute"]["strength"],
         temperature=FINAL["redistribute"]["temperature"],
         candidates=FINAL["redistribute"]["candidates"],
-    conda:
-        "../../envs/webfg.yaml"
     script:
         "../scripts/redistribute.py"
 

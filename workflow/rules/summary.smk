@@ -22,14 +22,14 @@ if ANSWERS:
             json="results/summary.json",
         log:
             "logs/summary.log",
+        localrule: True
+        conda:
+            "../../envs/webfg.yaml"
         params:
             answers=ANSWERS,
             rounds=config["rounds"],
             splits=SPLITS,
             final=FINAL,
             noise_filter=NOISE["enabled"],
-        localrule: True
-        conda:
-            "../../envs/webfg.yaml"
         script:
             "../scripts/summarize.py"

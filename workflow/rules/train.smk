@@ -32,11 +32,8 @@ rule train_model:
         "logs/{round}/train/{model}.log",
     benchmark:
         "benchmarks/{round}/train/{model}.tsv"
-    params:
-        root=DATA_ROOT,
-        model=lambda w: model_params(w.model),
-        # resumable state: outside the declared outputs, which Snakemake deletes first
-        state_dir=lambda w: f"results/{w.round}/train/{w.model}.state",
+    conda:
+        "../../envs/webfg.yaml"
     threads: workflow.cores
     # models.<name>.resources -> the Slurm request (profiles/slurm) or the local --resources
     # gpu=N budget. One process per GPU: gpus over nodes, tasks_per_node per node, each with
@@ -53,7 +50,10 @@ rule train_model:
         cpus_per_task=lambda w: model_resources(w.model)["cpus_per_task"],
         mem_mb=lambda w: model_resources(w.model)["mem_mb"],
         runtime=lambda w, attempt: model_resources(w.model)["runtime"] * attempt,
-    conda:
-        "../../envs/webfg.yaml"
+    params:
+        root=DATA_ROOT,
+        model=lambda w: model_params(w.model),
+        # resumable state: outside the declared outputs, which Snakemake deletes first
+        state_dir=lambda w: f"results/{w.round}/train/{w.model}.state",
     script:
         "../scripts/train_model.py"
