@@ -13,6 +13,7 @@ import torch
 
 from webfg.data import ImageList, eval_transform
 from webfg.io import save_predictions
+from webfg.progress import progress
 
 
 @torch.no_grad()
@@ -31,7 +32,7 @@ def predict_probs(model, root, relpaths, batch_size: int = 256, log=print) -> np
         num_workers=workers, pin_memory=device.type == "cuda",
     )
     out, t0 = [], time.time()
-    for x, _ in loader:
+    for x, _ in progress(loader, desc="infer", unit="batch"):
         x = x.to(device, non_blocking=True)
         with autocast(device, amp_dtype):
             probs = model.predict_logits(x).softmax(1)

@@ -42,6 +42,7 @@ from webfg.heads import SoftmaxEQL
 from webfg.io import InputError, atomic_path, read_split_list, write_text
 from webfg.config import ModelConfig
 from webfg.model import Classifier
+from webfg.progress import Progress
 
 
 def fingerprint(cfg: ModelConfig, train_list, num_classes: int) -> str:
@@ -323,6 +324,8 @@ def train(
             sampler.set_epoch(epoch, start_step)
             model.train()
             t0 = time.time()
+            bar = Progress(total=len(sampler) * env.world_size, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                           unit="img") if env.is_main else None
             for step, (x, y) in enumerate(train_loader, start=start_step):
                 # a step's RNG draws (mixup, drop-path) depend only on its position
                 seed = step_seed(cfg.seed, epoch, step, env.rank)
@@ -353,6 +356,8 @@ def train(
                     scaler.scale(loss * share).backward()
                 loss_sum += loss.item() * len(y)
                 seen += len(y)
+                if bar is not None:
+                    bar.update(len(y) * env.world_size)
                 if not is_update:
                     continue
                 scaler.step(optimizer)
@@ -370,6 +375,8 @@ def train(
                     log(f"{signal.Signals(signum).name}: saved {last} at epoch {epoch + 1} step {done}; exiting")
                     request_requeue(env, signum, log)
                     raise Preempted(PREEMPT_EXIT[signum])
+            if bar is not None:
+                bar.close()
             start_step = 0
             train_s += time.time() - t0
             total_loss, total_seen = distributed.all_reduce_sum(loss_sum, seen, device=device)
