@@ -206,15 +206,17 @@ def test_killed_at_three_random_points_resumes_to_identical_weights(data, tmp_pa
 
     cfg = {"head": "linear", "epochs": 3, "batch_size": 4, "checkpoint_every": 1, "mixup_alpha": 0.0,
            "cutmix_alpha": 0.0}
+    t0 = time.perf_counter()
     run(data, tmp_path / "full.pt", **cfg)
+    duration = time.perf_counter() - t0  # kill points scale with this machine's speed
     cmd = [sys.executable, *train_cmd(data, tmp_path, "killed", cfg)]
     rng = random.Random()
     points = []
     for sig, code in ((signal.SIGTERM, 143), (signal.SIGUSR1, 75), (signal.SIGKILL, -9)):
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        while "params" not in (line := proc.stdout.readline()):  # the run has started
+        while "params" not in (line := proc.stdout.readline()):  # handlers are installed
             assert line, "trainer exited before starting"
-        delay = rng.uniform(0.3, 2.0)
+        delay = rng.uniform(0.05, 0.3) * duration
         time.sleep(delay)
         proc.send_signal(sig)
         rest = proc.communicate(timeout=120)[0]

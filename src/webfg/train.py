@@ -312,12 +312,13 @@ def train(
             }, last)
         distributed.barrier()
 
+    # handlers first: once the start line is logged, SIGUSR1/SIGTERM save and exit cleanly
+    stop = StopFlag().install()
     log(f"{cfg.arch}/{cfg.head}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
         f"{len(train_set)} train / {len(val_samples)} val images, {num_classes} classes, "
         f"{env.world_size} process(es) on {device.type} ({env.launcher}), batch {cfg.batch_size} x "
         f"{env.world_size} x accum {accum} = {effective_batch}, lr {lr:.2e}, {updates_per_epoch} updates/epoch, "
         f"precision {str(amp_dtype).replace('torch.', '') if amp_dtype else 'fp32'}, threads {torch.get_num_threads()}")
-    stop = StopFlag().install()
     t_start = time.time()
     try:
         for epoch in range(start_epoch, cfg.epochs):
@@ -390,24 +391,23 @@ def train(
                 save_torch(model.state_dict(), state_dir / f"epoch_{epoch + 1:04d}.pt")
                 (state_dir / f"epoch_{epoch + 1 - cfg.soup_last:04d}.pt").unlink(missing_ok=True)
             save_state(epoch + 1, 0)
+        first = max(1, cfg.epochs - cfg.soup_last + 1)
+        souped = soup([load_checkpoint(state_dir / f"epoch_{e:04d}.pt") for e in range(first, cfg.epochs + 1)])
+        model.load_state_dict(souped)
+        val_acc = evaluate(model, val_loader, device, amp_dtype)
+        log(f"soup of epochs {first}..{cfg.epochs}: val_acc {val_acc:.4f} ({time.time() - t_start:.0f}s this run)")
+        meta = {"val_accuracy": val_acc, "epochs": cfg.epochs, "soup_epochs": [first, cfg.epochs],
+                "num_train": len(train_samples), "num_val": len(val_samples), "world_size": env.world_size,
+                "effective_batch": effective_batch}
+        if env.is_main:
+            write_history(out_path.with_suffix(".history.tsv"), history)
+            save_torch({"state_dict": {k: v.cpu() for k, v in souped.items()}, "config": json.dumps(cfg.to_dict()),
+                        "num_classes": num_classes, "meta": json.dumps(meta)}, out_path)
+            shutil.rmtree(state_dir, ignore_errors=True)
+        distributed.barrier()
+        return meta
     finally:
-        stop.restore()
-
-    first = max(1, cfg.epochs - cfg.soup_last + 1)
-    souped = soup([load_checkpoint(state_dir / f"epoch_{e:04d}.pt") for e in range(first, cfg.epochs + 1)])
-    model.load_state_dict(souped)
-    val_acc = evaluate(model, val_loader, device, amp_dtype)
-    log(f"soup of epochs {first}..{cfg.epochs}: val_acc {val_acc:.4f} ({time.time() - t_start:.0f}s this run)")
-    meta = {"val_accuracy": val_acc, "epochs": cfg.epochs, "soup_epochs": [first, cfg.epochs],
-            "num_train": len(train_samples), "num_val": len(val_samples), "world_size": env.world_size,
-            "effective_batch": effective_batch}
-    if env.is_main:
-        write_history(out_path.with_suffix(".history.tsv"), history)
-        save_torch({"state_dict": {k: v.cpu() for k, v in souped.items()}, "config": json.dumps(cfg.to_dict()),
-                    "num_classes": num_classes, "meta": json.dumps(meta)}, out_path)
-        shutil.rmtree(state_dir, ignore_errors=True)
-    distributed.barrier()
-    return meta
+        stop.restore()  # a signal after the last update lets the final model be written
 
 
 def request_requeue(env, signum: int, log) -> None:
