@@ -37,7 +37,7 @@ import torch.nn as nn
 from webfg.config import MAEConfig
 from webfg.data import ImageList
 from webfg.io import InputError, read_split_list
-from webfg.train import fingerprint, load_checkpoint, save_torch, write_history
+from webfg.train import fingerprint, load_resumable, save_torch, write_history
 
 
 class MaskedAutoencoder(nn.Module):
@@ -207,16 +207,12 @@ def pretrain(
     fp = hashlib.sha256("".join(fingerprint(cfg, p, i) for i, p in enumerate(lists)).encode()).hexdigest()
     start_epoch, history = 0, []
     last = state_dir / "last.pt"
-    if last.exists():
-        state = load_checkpoint(last)
-        if state.get("fingerprint") == fp:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            start_epoch, history = state["epoch"] + 1, json.loads(state["history"])
-            log(f"resumed from {last} after epoch {start_epoch}")
-        else:
-            log(f"ignoring {state_dir}: it belongs to another config or image list")
-            shutil.rmtree(state_dir)
+    state = load_resumable(state_dir, fp, log)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, history = state["epoch"] + 1, json.loads(state["history"])
+        log(f"resumed from {last} after epoch {start_epoch}")
     state_dir.mkdir(parents=True, exist_ok=True)
 
     n_params = sum(p.numel() for p in model.encoder.parameters()) / 1e6

@@ -58,6 +58,21 @@ def save_torch(obj, path) -> None:
         torch.save(obj, tmp)
 
 
+def load_resumable(state_dir: Path, fp: str, log=print, is_main: bool = True) -> dict | None:
+    """``state_dir/last.pt`` if it was saved for this fingerprint; a stale state is removed."""
+    last = Path(state_dir) / "last.pt"
+    if not last.exists():
+        return None
+    state = load_checkpoint(last)
+    if state.get("fingerprint") == fp:
+        return state
+    log(f"ignoring {state_dir}: it belongs to another config or training list")
+    distributed.barrier()
+    if is_main:
+        shutil.rmtree(state_dir)
+    return None
+
+
 def load_checkpoint(path) -> dict:
     """Load a webfg checkpoint: tensors and plain containers only (weights_only=True)."""
     try:
@@ -281,22 +296,16 @@ def train(
     start_epoch, start_step, history = 0, 0, []
     loss_sum = seen = train_s = 0.0
     last = state_dir / "last.pt"
-    if last.exists():
-        state = load_checkpoint(last)
-        if state.get("fingerprint") == fp:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scaler.load_state_dict(state["scaler"])
-            if isinstance(criterion, SoftmaxEQL):
-                criterion.load_state_dict(state["criterion"])
-            start_epoch, start_step, history = state["epoch"], state["step"], json.loads(state["history"])
-            loss_sum, seen, train_s = state["loss_sum"], state["seen"], state["train_s"]
-            log(f"resumed from {last} at epoch {start_epoch + 1} step {start_step}/{micro_steps}")
-        else:
-            log(f"ignoring {state_dir}: it belongs to another config or training list")
-            distributed.barrier()
-            if env.is_main:
-                shutil.rmtree(state_dir)
+    state = load_resumable(state_dir, fp, log, env.is_main)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        if isinstance(criterion, SoftmaxEQL):
+            criterion.load_state_dict(state["criterion"])
+        start_epoch, start_step, history = state["epoch"], state["step"], json.loads(state["history"])
+        loss_sum, seen, train_s = state["loss_sum"], state["seen"], state["train_s"]
+        log(f"resumed from {last} at epoch {start_epoch + 1} step {start_step}/{micro_steps}")
     distributed.barrier()
     if env.is_main:
         state_dir.mkdir(parents=True, exist_ok=True)
