@@ -126,6 +126,10 @@ class MAEConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def learning_dict(self) -> dict:
+        """Every MAE setting changes what is learned (the resume fingerprint reads this)."""
+        return self.to_dict()
+
 
 def _checked_fields(cls, d: dict, where: str) -> dict:
     """The fields of ``d`` checked against dataclass ``cls``: unknown keys and wrong types fail."""

@@ -46,8 +46,7 @@ from webfg.progress import Progress
 
 
 def fingerprint(cfg: ModelConfig, train_list, num_classes: int) -> str:
-    settings = cfg.learning_dict() if hasattr(cfg, "learning_dict") else cfg.to_dict()  # runtime knobs left out
-    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    h = hashlib.sha256(json.dumps(cfg.learning_dict(), sort_keys=True).encode())  # runtime knobs left out
     h.update(Path(train_list).read_bytes())
     h.update(str(num_classes).encode())
     return h.hexdigest()
