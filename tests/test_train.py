@@ -265,3 +265,20 @@ def test_bad_scale_out_settings_fail_before_training(data, tmp_path):
                          env={**env, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())},
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "global_batch_size: 48 is not a multiple of batch_size 16 x world size 2" in out.stderr
+
+
+def test_seed_rngs_gives_the_streams_of_the_global_seeders():
+    """The fast seeding (CPU generator only) must keep every random stream of the demo."""
+    import random
+
+    from webfg.data import seed_rngs
+
+    def draws():
+        return random.random(), float(np.random.rand()), float(torch.rand(1))
+
+    random.seed(7), np.random.seed(7), torch.manual_seed(7)
+    expected = draws()
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    assert draws() != expected
+    seed_rngs(7)
+    assert draws() == expected

@@ -26,7 +26,6 @@ import csv
 import hashlib
 import io
 import json
-import random
 import shutil
 import signal
 import time
@@ -37,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from webfg import distributed
-from webfg.data import EpochSampler, ImageList, SeededImageList, eval_transform, train_transform
+from webfg.data import EpochSampler, ImageList, SeededImageList, eval_transform, seed_rngs, train_transform
 from webfg.heads import SoftmaxEQL
 from webfg.io import InputError, atomic_path, read_split_list, write_text
 from webfg.config import ModelConfig
@@ -338,9 +337,7 @@ def train(
             for step, (x, y) in enumerate(train_loader, start=start_step):
                 # a step's RNG draws (mixup, drop-path) depend only on its position
                 seed = step_seed(cfg.seed, epoch, step, env.rank)
-                random.seed(seed)
-                np.random.seed(seed)
-                torch.manual_seed(seed)
+                seed_rngs(seed, device)
                 x = x.to(device, non_blocking=True)
                 y = y.to(device, non_blocking=True)
                 if cfg.channels_last:
