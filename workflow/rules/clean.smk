@@ -42,6 +42,8 @@ rule filter_noisy:
         "logs/clean/filter_noisy.log",
     benchmark:
         "benchmarks/clean/filter_noisy.tsv"
+    # one pass over the ensemble's train scores: runs where Snakemake runs
+    localrule: True
     conda:
         "../../envs/webfg.yaml"
     params:

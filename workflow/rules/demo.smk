@@ -5,6 +5,8 @@ if config["demo"]["build"]:
             spec=os.path.join(DATA_ROOT, "answers", "spec.json"),
         log:
             "logs/demo_data.log",
+        # the demo's images, written from an installed package in seconds
+        localrule: True
         conda:
             "../../envs/webfg.yaml"
         params:

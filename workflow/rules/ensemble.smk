@@ -5,6 +5,8 @@ rule ensemble_probs:
         prediction_files("results/{round}/ensemble/{split}"),
     log:
         "logs/{round}/ensemble/{split}.log",
+    # post-processing streams the probability files (<= 0.7 GiB, ~40 s at full scale): no queue wait
+    localrule: True
     conda:
         "../../envs/webfg.yaml"
     params:

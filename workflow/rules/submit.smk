@@ -7,6 +7,8 @@ rule final_ensemble:
         "logs/final/ensemble.log",
     benchmark:
         "benchmarks/final/ensemble.tsv"
+    # post-processing streams the probability files (<= 0.7 GiB, ~40 s at full scale): no queue wait
+    localrule: True
     conda:
         "../../envs/webfg.yaml"
     params:
@@ -30,6 +32,8 @@ rule redistribute:
         "logs/final/redistribute.log",
     benchmark:
         "benchmarks/final/redistribute.tsv"
+    # 0.3 GiB, ~30 s at full scale: runs where Snakemake runs
+    localrule: True
     conda:
         "../../envs/webfg.yaml"
     params:
