@@ -41,7 +41,7 @@ def seed_rngs(seed: int, device: torch.device | None = None) -> None:
     the demo's training throughput.
     """
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed % 2**32)  # numpy takes 32-bit seeds only
     torch.default_generator.manual_seed(seed)
     if device is not None and device.type == "cuda":
         torch.cuda.manual_seed(seed)

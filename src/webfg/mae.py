@@ -25,17 +25,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 
 from webfg.config import MAEConfig
-from webfg.data import ImageList
+from webfg.data import ImageList, seed_rngs
 from webfg.io import InputError, read_split_list
 from webfg.train import fingerprint, load_resumable, save_torch, write_history
 
@@ -223,9 +221,7 @@ def pretrain(
     for epoch in range(start_epoch, cfg.epochs):
         # per-epoch seeds: a resumed run draws the same batches, crops and masks
         epoch_seed = cfg.seed * 100_003 + epoch
-        random.seed(epoch_seed)
-        np.random.seed(epoch_seed % 2**32)
-        torch.manual_seed(epoch_seed)
+        seed_rngs(epoch_seed)
         loader = torch.utils.data.DataLoader(
             train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
             generator=torch.Generator().manual_seed(epoch_seed),
