@@ -1,13 +1,16 @@
 # Two commands on a fresh Debian/Ubuntu machine (root or sudo for the one apt package):
 #   make demo   install, then run the whole pipeline on the embedded demo -> results/submit.zip
-#   make test   install, then run the test suite (unit tests + the real DAG on tiny data + the demo)
+#   make test   install, then run the test suite: unit tests and the real DAG on tiny data
+#               (about 4 minutes on 2 cores; changes nothing outside temporary folders)
+#   make test-all  every test: also the whole demo and profiles/slurm on a local Slurm, which it
+#               installs (apt) and starts, then stops; what .ci/run calls
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test test-fast test-slurm dag lint clean
+.PHONY: install demo test test-all test-demo test-slurm bench-demo dag lint clean
 
 install: $(VENV)/.installed
 
@@ -28,16 +31,25 @@ demo: install
 	$(BIN)/snakemake --profile profiles/local --configfile config/demo.yaml
 	@cat results/summary.tsv
 
+# Test scopes are pytest markers (pyproject.toml): unit, dag, slurm, demo.
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not slurm and not demo"
 
-test-fast: install
-	WEBFG_SKIP_DEMO=1 $(BIN)/python -m pytest
+test-demo: install
+	$(BIN)/python -m pytest -m demo
 
 # profiles/slurm on a one-node Slurm with fake GPUs (root, apt); the cluster is stopped afterwards
 test-slurm: install
 	bash .ci/start-local-slurm.sh
-	WEBFG_REQUIRE_SLURM=1 $(BIN)/python -m pytest tests/test_slurm.py; rc=$$?; bash .ci/stop-local-slurm.sh; exit $$rc
+	WEBFG_REQUIRE_SLURM=1 $(BIN)/python -m pytest -m slurm; rc=$$?; bash .ci/stop-local-slurm.sh; exit $$rc
+
+test-all: install
+	bash .ci/start-local-slurm.sh
+	WEBFG_REQUIRE_SLURM=1 $(BIN)/python -m pytest; rc=$$?; bash .ci/stop-local-slurm.sh; exit $$rc
+
+# the demo over 3 model seeds: mean +- sd of every round (bench/results/demo_seeds.md), ~40 min
+bench-demo: install
+	$(BIN)/python bench/bench_demo.py
 
 # docs/rulegraph.svg, the README's picture of the stages: rerun after adding or renaming rules
 dag: install

@@ -13,6 +13,16 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+SCOPE_MARKERS = {"dag", "slurm", "demo"}
+
+
+def pytest_collection_modifyitems(items):
+    """Every test without a dag, slurm or demo marker is a unit test (`pytest -m unit`)."""
+    for item in items:
+        if not SCOPE_MARKERS & {m.name for m in item.iter_markers()}:
+            item.add_marker(pytest.mark.unit)
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """config/tiny.yaml run locally (--cores 2), once per session.

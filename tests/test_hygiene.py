@@ -17,6 +17,7 @@ BIN = Path(sys.executable).parent
 HEAVY = {"train_model", "infer_probs", "score_train", "clean_split", "filter_noisy"}
 
 
+@pytest.mark.dag
 @pytest.mark.parametrize("config", ["tiny", "demo", "config"])
 def test_snakemake_lint_reports_nothing(tmp_path, config):
     proc = subprocess.run([str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--lint",

@@ -66,6 +66,7 @@ def test_init_writes_a_config_that_validates_with_a_comment_on_every_key(tmp_pat
     assert "0=ant, 1=moth, 2=zebra" in inspect_dataset(root).summary()
 
 
+@pytest.mark.dag
 def test_init_config_runs_as_a_snakemake_dry_run(tmp_path):
     root = make_dataset(tmp_path / "data/mine")
     cwd = os.getcwd()

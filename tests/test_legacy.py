@@ -138,6 +138,7 @@ def _legacy_folder(tmp_path, rng, n=12, c=4):
     return folder, names, files, scores
 
 
+@pytest.mark.dag
 def test_legacy_workflow_from_pickles_to_submission_and_pseudo(tmp_path):
     """snakemake on a config holding only `legacy` (~25 s: 8 jobs)."""
     from webfg.postprocess import ensemble_weights, read_labels, redistribute_greedy
@@ -167,6 +168,7 @@ def test_legacy_workflow_from_pickles_to_submission_and_pseudo(tmp_path):
         f"testb/{names[i]} {int(mean[i].argmax())}\n" for i in keep)
 
 
+@pytest.mark.dag
 def test_legacy_workflow_refuses_a_pickle_with_code(tmp_path):
     folder, *_ = _legacy_folder(tmp_path, np.random.default_rng(1))
     write_pickle(folder / "evil-7000.pkl", [{"filename": "a.jpg", "scores": RunsCode()}])

@@ -144,6 +144,7 @@ def test_interrupted_pretraining_resumes_to_identical_weights(data, tmp_path):
     assert any(m.startswith("ignoring") for m in messages)
 
 
+@pytest.mark.dag
 def test_workflow_switch_orders_pretraining_before_the_vit(tmp_path):
     """config/demo-mae.yaml over config/demo.yaml: one pretrain_mae job, and it feeds the
     ViT's training in every round (Snakemake merges the overlay's nested keys)."""

@@ -1,8 +1,8 @@
 """profiles/slurm against a real Slurm: a one-node cluster with fake GPUs on localhost.
 
 .ci/run starts it (.ci/start-local-slurm.sh) before the tests and stops it afterwards;
-run alone, this module starts it itself when it can (root, apt) and stops what it
-started. Without a Slurm these tests skip, except in CI (CI or WEBFG_REQUIRE_SLURM=1),
+`make test-slurm` does the same around this module alone. The tests themselves never
+start a cluster. Without a Slurm they skip, except in CI (CI or WEBFG_REQUIRE_SLURM=1),
 where they fail. The workflow runs with the user's profile plus the test layer
 tests/profiles/slurm-ci (polling, sizes for a 2-CPU node); only the site values
 (WEBFG_SLURM_*) are set. What Slurm saw is read back with squeue/scontrol (the CI
@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slurm
+
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 REQUIRED = bool(os.environ.get("CI")) or os.environ.get("WEBFG_REQUIRE_SLURM") == "1"
@@ -40,23 +42,13 @@ def _up() -> bool:
 
 @pytest.fixture(scope="module")
 def cluster():
-    started = False
+    """A running Slurm, or a skip (a failure in CI). The tests never start one: that changes
+    the machine (apt, /etc/slurm), which only `make test-slurm` and .ci/run may do."""
     if not _up():
-        why = None
-        if os.geteuid() != 0 or shutil.which("apt-get") is None:
-            why = "no Slurm running and cannot start one (needs root and apt-get)"
-        else:
-            proc = subprocess.run(["bash", str(REPO / ".ci/start-local-slurm.sh")], capture_output=True, text=True)
-            started = proc.returncode == 0
-            if not started:
-                why = f"could not start the local Slurm:\n{proc.stderr[-3000:]}"
-        if why:
-            if REQUIRED:
-                pytest.fail(why)
-            pytest.skip(why)
-    yield
-    if started:
-        subprocess.run(["bash", str(REPO / ".ci/stop-local-slurm.sh")], capture_output=True)
+        why = "no Slurm answers `scontrol ping`: `make test-slurm` starts a local one (root, apt)"
+        if REQUIRED:
+            pytest.fail(why)
+        pytest.skip(why)
 
 
 def slurm_cmd(workdir, *args, configs=()):
