@@ -50,14 +50,19 @@ def job_counts(output: str) -> dict[str, int]:
     return counts
 
 
-def test_dry_run_of_the_real_17_model_plan(tmp_path):
+def full_plan_inputs(workdir: Path) -> None:
+    """The files config/config.yaml names before its first job: the data root and pretrained weights."""
     for rel in ["data/accv/train/0000/a.jpg", "data/accv/testa/x.jpg", "data/accv/testb/y.jpg"]:
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_bytes(b"")
+        (workdir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (workdir / rel).write_bytes(b"")
     for name in ["mae_vit_large_train_testa_1600e", "swinv2_large_patch4_window12_192_22k",
                  "swinv2_base_patch4_window12_192_22k"]:
-        (tmp_path / "pretrained").mkdir(exist_ok=True)
-        (tmp_path / "pretrained" / f"{name}.pth").write_bytes(b"")
+        (workdir / "pretrained").mkdir(exist_ok=True)
+        (workdir / "pretrained" / f"{name}.pth").write_bytes(b"")
+
+
+def test_dry_run_of_the_real_17_model_plan(tmp_path):
+    full_plan_inputs(tmp_path)
     t0 = time.perf_counter()
     out = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config/config.yaml")).stdout
     print(f"dry run of the 17-model plan: {time.perf_counter() - t0:.1f}s")
@@ -72,6 +77,17 @@ def test_dry_run_of_the_real_17_model_plan(tmp_path):
     assert counts["make_pseudo"] == 3 + 2 * 5
     for rule in ["clean_split", "merge_meta", "ensemble_probs", "redistribute"]:
         assert counts[rule] >= 1
+
+
+def test_config_overrides_apply_on_top_of_the_default_plan(tmp_path):
+    """--config without --configfile keeps config/config.yaml (of the working directory) and overrides one key."""
+    full_plan_inputs(tmp_path)
+    (tmp_path / "config").mkdir()
+    shutil.copy(REPO / "config/config.yaml", tmp_path / "config/config.yaml")
+    out = snakemake(tmp_path, "-n", "--config", 'final={"split": "testa"}').stdout
+    assert job_counts(out)["train_model"] == 4 + 3 * 2 + 3 * 4 + 2 * 2  # the whole plan, not a schema error
+    final_job = out.split("rule final_ensemble:")[1].split("\n\n")[0]
+    assert "/testa.npy" in final_job and "/testb.npy" not in final_job
 
 
 def test_config_errors_name_the_key(tmp_path):
