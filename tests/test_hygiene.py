@@ -26,6 +26,34 @@ def test_snakemake_lint_reports_nothing(tmp_path, config):
     assert proc.returncode == 0 and "Lints for" not in out and "in a good condition" in out, out[-4000:]
 
 
+def rulegraph_of_dot(text: str) -> tuple[set[str], set[tuple[str, str]]]:
+    """Rule names and (from, to) edges of Snakemake's --rulegraph (dot source)."""
+    names = dict(re.findall(r'^\s*(\d+)\[label = "(\w+)"', text, re.M))
+    edges = {(names[a], names[b]) for a, b in re.findall(r"^\s*(\d+) -> (\d+)", text, re.M)}
+    return set(names.values()), edges
+
+
+def rulegraph_of_svg(text: str) -> tuple[set[str], set[tuple[str, str]]]:
+    """The same, read back from the picture dot drew (node titles are the dot ids)."""
+    names = dict(re.findall(r'class="node">\s*<title>(\d+)</title>.*?<text[^>]*>(\w+)</text>', text, re.S))
+    edges = {(names[a], names[b]) for a, b in re.findall(r'class="edge">\s*<title>(\d+)&#45;&gt;(\d+)</title>', text)}
+    return set(names.values()), edges
+
+
+@pytest.mark.dag
+def test_committed_rulegraph_matches_the_workflow(tmp_path):
+    """docs/rulegraph.svg (the README's picture, `make dag`) shows today's rules and edges."""
+    proc = subprocess.run([str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--rulegraph",
+                           "--configfile", str(REPO / "config/demo.yaml")], capture_output=True, text=True, check=True)
+    rules, edges = rulegraph_of_dot(proc.stdout)
+    drawn_rules, drawn_edges = rulegraph_of_svg((REPO / "docs/rulegraph.svg").read_text(encoding="utf-8"))
+    assert len(rules) >= 15 and len(edges) >= len(rules) - 1
+    assert (drawn_rules, drawn_edges) == (rules, edges), (
+        f"docs/rulegraph.svg is stale (`make dag` redraws it): missing rules {sorted(rules - drawn_rules)}, "
+        f"extra rules {sorted(drawn_rules - rules)}, missing edges {sorted(edges - drawn_edges)}, "
+        f"extra edges {sorted(drawn_edges - edges)}")
+
+
 def test_snakefmt_check_passes():
     files = [REPO / "Snakefile", REPO / "workflow/Snakefile", *sorted((REPO / "workflow/rules").glob("*.smk"))]
     proc = subprocess.run([str(BIN / "snakefmt"), "--check", *map(str, files)], capture_output=True, text=True)
