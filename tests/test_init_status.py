@@ -4,6 +4,7 @@ import io
 import os
 import subprocess
 import sys
+import time
 from base64 import urlsafe_b64encode
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from PIL import Image
 from webfg.cli import main
 from webfg.init import GPU_TIER_IMAGES, build_config, check_config_text, init, inspect_dataset
 from webfg.io import InputError
-from webfg.status import collect_status, format_status
+from webfg.status import collect_status, format_status, incomplete_outputs, locked_outputs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -159,6 +160,34 @@ def test_status_reads_results_and_snakemakes_markers(tmp_path):
     assert status["rounds"][1]["models"][0]["train"] == "running (epoch 1/2)" and status["snakemake_running"]
     table = format_status(status)
     assert "a1     swin_arc    running (epoch 1/2)" in table and "a run holds this directory's locks" in table
+
+
+@pytest.mark.dag
+def test_status_decodes_the_markers_of_the_installed_snakemake(tmp_path):
+    """webfg status reads Snakemake's .snakemake/incomplete and locks/ files, which are not a public
+    interface: this pins their format against the Snakemake that is installed, with a real run
+    (a short and a longer-than-a-file-name output path) caught while its job runs."""
+    long_rel = "results/r0/train/" + "d" * 200 + "/" + "m" * 200 + ".pt"  # its base64 is longer than a file name
+    outputs = ["results/r0/train/m.pt", long_rel]
+    (tmp_path / "Snakefile").write_text(
+        "rule hold:\n"
+        f"    output: {outputs!r}\n"
+        '    shell: "touch started; while [ ! -e release ]; do sleep 0.2; done; touch {output}"\n')
+    snakemake = Path(sys.executable).with_name("snakemake")
+    proc = subprocess.Popen([str(snakemake), "-s", "Snakefile", "--cores", "1"], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "started").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "timeout"
+            time.sleep(0.2)
+        assert incomplete_outputs(tmp_path) == set(outputs)
+        assert set(outputs) <= locked_outputs(tmp_path)
+    finally:
+        (tmp_path / "release").touch()
+        proc.wait(timeout=60)
+    assert proc.returncode == 0, proc.stderr.read()
+    assert incomplete_outputs(tmp_path) == set() and locked_outputs(tmp_path) == set()
 
 
 def test_status_cli_names_a_bad_config(tmp_path, capsys):

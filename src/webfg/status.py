@@ -6,6 +6,10 @@ incomplete, *running* when Snakemake marked it incomplete while a Snakemake proc
 holds the directory's locks, *interrupted* when marked without locks (the next run
 redoes it; training resumes from its checkpoint), *pending* otherwise. Whether a done
 output is outdated by a config or code change is for ``snakemake -n`` to say.
+
+The two marker formats are Snakemake's own, not a public interface (its API offers no
+read-only query that does not build the DAG and take the lock): a test runs the installed
+Snakemake and checks that both are read back, so an upgrade that changes them fails there.
 """
 
 from __future__ import annotations
