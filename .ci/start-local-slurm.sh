@@ -165,9 +165,9 @@ ReturnToService=2
 # a 2-CPU node; without this they pend forever (Reason=PartitionConfig) and
 # Snakemake waits forever
 EnforcePartLimits=ALL
-# keep finished jobs visible to squeue for 10 min, so the Snakemake slurm
+# keep finished jobs visible to squeue and scontrol for 1 h, so the Snakemake slurm
 # plugin can poll with squeue (sacct needs slurmdbd: SLURM_CI_ACCOUNTING=1)
-MinJobAge=600
+MinJobAge=3600
 DefMemPerCPU=1000
 MailProg=/bin/true
 SlurmctldPidFile=$RUN/slurmctld.pid
