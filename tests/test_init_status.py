@@ -156,10 +156,36 @@ def test_status_reads_results_and_snakemakes_markers(tmp_path):
                                "summary": "pending"}
     (tmp_path / ".snakemake/locks").mkdir()
     (tmp_path / ".snakemake/locks/0.output.lock").write_text("results/a1/train/swin_arc.pt\n")
+    log = tmp_path / "logs/a1/train/swin_arc.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("train: 160 images, 2 epochs\nepoch 1/2: 5/5 100% 40.1 img/s elapsed 0:04\n"
+                   "epoch 1: loss 1.61, val accuracy 0.3000\nepoch 2/2: 3/5 60% 38.2 img/s elapsed 0:02 ETA 0:01\n")
     status = collect_status(config, tmp_path)
     assert status["rounds"][1]["models"][0]["train"] == "running (epoch 1/2)" and status["snakemake_running"]
     table = format_status(status)
     assert "a1     swin_arc    running (epoch 1/2)" in table and "a run holds this directory's locks" in table
+    assert "running:\n  a1/swin_arc train: epoch 2/2: 3/5 60% 38.2 img/s elapsed 0:02 ETA 0:01\n" in table
+
+
+def test_status_watch_prints_the_running_jobs_progress(tmp_path, capsys, monkeypatch):
+    config = yaml.safe_load((REPO / "config/tiny.yaml").read_text())
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
+    mark_incomplete(tmp_path, "results/r0/infer/vit_linear/testa.npy")
+    (tmp_path / ".snakemake/locks").mkdir()
+    (tmp_path / ".snakemake/locks/0.output.lock").write_text("results/r0/infer/vit_linear/testa.npy\n")
+    (tmp_path / "logs/r0/infer").mkdir(parents=True)
+    (tmp_path / "logs/r0/infer/vit_linear.log").write_text("infer testa: 64/96 67% 120 img/s elapsed 0:01 ETA 0:00\r")
+    ticks = iter(range(2))
+
+    def sleep(_):  # two reports, then the Ctrl-C that ends --watch
+        if next(ticks):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr("time.sleep", sleep)
+    main(["status", "--configfile", str(tmp_path / "tiny.yaml"), "-d", str(tmp_path), "--watch", "30", "--running"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all(
+        line.endswith("] r0/vit_linear infer: infer testa: 64/96 67% 120 img/s elapsed 0:01 ETA 0:00") for line in lines)
 
 
 @pytest.mark.dag

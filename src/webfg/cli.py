@@ -168,11 +168,12 @@ def _init(a):
 
 
 def _status(a):
+    import time
     from pathlib import Path
 
     import yaml
 
-    from webfg.status import collect_status, format_status
+    from webfg.status import collect_status, format_status, running_lines
 
     path = Path(a.configfile)
     if not path.is_file():
@@ -180,7 +181,21 @@ def _status(a):
     config = yaml.safe_load(path.read_text(encoding="utf-8"))
     if not isinstance(config, dict) or not {"data", "models", "rounds"} <= set(config):
         raise InputError(f"{path}: not a webfg config (expected the keys data, models, rounds)")
-    print(format_status(collect_status(config, a.directory)))
+    if a.watch is None:
+        print(format_status(collect_status(config, a.directory)))
+        return
+    clear = sys.stdout.isatty() and not a.running
+    try:
+        while True:
+            status = collect_status(config, a.directory)
+            if a.running:
+                for line in running_lines(status):
+                    print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
+            else:
+                print(("\x1b[H\x1b[2J" if clear else "") + format_status(status), flush=True)
+            time.sleep(a.watch)
+    except KeyboardInterrupt:
+        pass
 
 
 def _convert(a):
@@ -357,6 +372,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="which rounds and models are done, running or pending (starts nothing)")
     s.add_argument("--configfile", default="config/config.yaml")
     s.add_argument("-d", "--directory", default=".", help="the run's working directory")
+    s.add_argument("--watch", type=float, metavar="SECONDS",
+                   help="report again every SECONDS until interrupted (the table is redrawn on a terminal)")
+    s.add_argument("--running", action="store_true",
+                   help="print only the running jobs' progress (epoch, rate, ETA), one line each, never clearing "
+                        "the screen: what `make demo` shows beside Snakemake")
     s.set_defaults(func=_status)
 
     s = sub.add_parser("soup", help="uniform soup of checkpoints, one in memory at a time (float64 sum)",

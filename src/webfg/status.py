@@ -54,6 +54,22 @@ def last_epoch(state_dir: Path) -> int:
     return max(epochs, default=0)
 
 
+PROGRESS_LINE = re.compile(r".*\S+/s elapsed \d")
+
+
+def last_progress(log: Path, tail_bytes: int = 8192) -> str:
+    """The newest progress report (``epoch 3/8: 450/1000 45% ... ETA 0:44``) in a job's log,
+    '' when there is none yet. webfg.progress writes one every 30 s into a log file."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - tail_bytes))
+            tail = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    lines = [line.strip() for line in re.split(r"[\r\n]", tail) if PROGRESS_LINE.match(line)]
+    return lines[-1] if lines else ""
+
+
 def collect_status(config: dict, workdir=".") -> dict:
     """Per round and model: training and inference state; per round: its ensembles; the final stages."""
     workdir = Path(workdir)
@@ -85,7 +101,11 @@ def collect_status(config: dict, workdir=".") -> dict:
             if train != DONE and done_epochs:
                 train += f" (epoch {done_epochs}/{epochs})"
             infer = states([f"results/{rnd}/infer/{model}/{s}.npy" for s in ["val", *splits]])
-            models.append({"model": model, "train": train, "infer": infer})
+            entry = {"model": model, "train": train, "infer": infer}
+            for stage, state_of_stage in (("train", train), ("infer", infer)):
+                if state_of_stage.startswith(RUNNING):
+                    entry["progress"] = last_progress(workdir / f"logs/{rnd}/{stage}/{model}.log")
+            models.append(entry)
         ensemble = states([f"results/{rnd}/ensemble/{s}.npy" for s in splits])
         rounds.append({"round": rnd, "models": models, "ensemble": ensemble})
     final = {"clean": state("results/clean/train.txt"),
@@ -97,6 +117,17 @@ def collect_status(config: dict, workdir=".") -> dict:
             "incomplete": sorted(incomplete)}
 
 
+def running_lines(status: dict) -> list[str]:
+    """One line per running training or inference job: ``r0/swin_arc train: epoch 3/8: ... ETA 0:44``."""
+    lines = []
+    for r in status["rounds"]:
+        for m in r["models"]:
+            for stage in ("train", "infer"):
+                if m[stage].startswith(RUNNING):
+                    lines.append(f"{r['round']}/{m['model']} {stage}: {m.get('progress') or 'started'}")
+    return lines
+
+
 def format_status(status: dict) -> str:
     rows = [("round", "model", "train", "infer", "round ensemble")]
     for r in status["rounds"]:
@@ -105,6 +136,9 @@ def format_status(status: dict) -> str:
                          r["ensemble"] if i == 0 else ""))
     widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    running = running_lines(status)
+    if running:
+        lines += ["", "running:", *("  " + line for line in running)]
     lines.append("")
     lines += [f"{name}: {value}" for name, value in status["final"].items()]
     lines.append("snakemake: " + ("a run holds this directory's locks (running, or stale after a crash: "
