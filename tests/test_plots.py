@@ -19,11 +19,33 @@ def is_picture(path):
     return pixels.std() > 5
 
 
-def test_history_curve(tmp_path):
-    (tmp_path / "h.tsv").write_text("epoch\ttrain_loss\tval_accuracy\tlr\n1\t2.5\t0.25\t0.1\n2\t1.5\t0.5\t0.05\n")
-    drawn = plot_history(tmp_path / "h.tsv", tmp_path / "h.png", "r0 / m")
-    assert drawn == {"epoch": [1, 2], "train_loss": [2.5, 1.5], "val_accuracy": [0.25, 0.5]}
-    assert is_picture(tmp_path / "h.png")
+def colour_rows_by_column(path, colour, tolerance=40) -> dict[int, float]:
+    """Mean pixel row of ``colour`` in each image column where it appears (row 0 is the top)."""
+    with Image.open(path) as im:
+        pixels = np.asarray(im.convert("RGB"), dtype=np.int16)
+    mask = np.abs(pixels - np.array(colour)).max(axis=2) < tolerance
+    return {int(x): float(np.nonzero(mask[:, x])[0].mean()) for x in np.nonzero(mask.any(axis=0))[0]}
+
+
+def trend(rows_by_column: dict[int, float]) -> float:
+    """Height gained from the curve's left end to its right end, in pixels (up is positive)."""
+    xs = sorted(rows_by_column)
+    edge = max(1, len(xs) // 10)
+    left = np.mean([rows_by_column[x] for x in xs[:edge]])
+    right = np.mean([rows_by_column[x] for x in xs[-edge:]])
+    return float(left - right)
+
+
+@pytest.mark.parametrize("loss, acc", [([2.5, 1.5, 0.5], [0.2, 0.5, 0.8]), ([0.5, 1.5, 2.5], [0.8, 0.5, 0.2])])
+def test_history_curves_show_the_direction_of_loss_and_accuracy(tmp_path, loss, acc):
+    rows = "".join(f"{e}\t{lo}\t{a}\t0.1\n" for e, (lo, a) in enumerate(zip(loss, acc), 1))
+    (tmp_path / "h.tsv").write_text("epoch\ttrain_loss\tval_accuracy\tlr\n" + rows)
+    plot_history(tmp_path / "h.tsv", tmp_path / "h.png", "r0 / m")
+    red = colour_rows_by_column(tmp_path / "h.png", (214, 39, 40))  # tab:red, the loss panel (left)
+    blue = colour_rows_by_column(tmp_path / "h.png", (31, 119, 180))  # tab:blue, the accuracy panel (right)
+    assert red and blue and max(red) < min(blue)
+    assert np.sign(trend(red)) == np.sign(loss[-1] - loss[0]) and abs(trend(red)) > 50
+    assert np.sign(trend(blue)) == np.sign(acc[-1] - acc[0]) and abs(trend(blue)) > 50
 
 
 def test_missing_column_names_the_file(tmp_path):
