@@ -55,7 +55,7 @@ class ModelConfig:
     # runtime knobs: they do not change what is learned (not part of the resume fingerprint)
     channels_last: bool = False
     compile: bool = False  # torch.compile the model
-    num_workers: int = 0  # data-loading processes per training process
+    num_workers: int | None = None  # data-loading processes per training process; None: from the job's CPUs (webfg.engine.loader_workers)
     checkpoint_every: int = 0  # also checkpoint every N optimizer updates (0: once per epoch)
 
     @classmethod
@@ -115,20 +115,35 @@ class MAEConfig:
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     seed: int = 0
+    # scale-out, as ModelConfig: batch_size is per process (GPU)
+    global_batch_size: int | None = None  # if set, grad_accum = this / (batch_size x world size)
+    grad_accum: int = 1
+    precision: str = "auto"  # auto (bf16 on GPUs that have it, else fp32) | fp32 | bf16 | fp16
+    # runtime knobs (not part of the resume fingerprint)
+    num_workers: int | None = None  # data-loading processes per process; None: from the job's CPUs
+    checkpoint_every: int = 0  # also checkpoint every N optimizer updates (0: once per epoch)
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "pretrain config") -> "MAEConfig":
         cfg = cls(**_checked_fields(cls, d, where))
         if not 0 < cfg.mask_ratio < 1:
             raise ValueError(f"{where}.mask_ratio: {cfg.mask_ratio} must lie strictly between 0 and 1")
+        if cfg.precision not in PRECISIONS:
+            raise ValueError(f"{where}.precision: {cfg.precision!r} is not one of {list(PRECISIONS)}")
+        for key in ("epochs", "batch_size", "grad_accum"):
+            if getattr(cfg, key) < 1:
+                raise ValueError(f"{where}.{key}: must be at least 1, got {getattr(cfg, key)}")
+        if cfg.global_batch_size is not None and cfg.global_batch_size % cfg.batch_size:
+            raise ValueError(f"{where}.global_batch_size: {cfg.global_batch_size} is not a multiple of "
+                             f"batch_size {cfg.batch_size}")
         return cfg
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def learning_dict(self) -> dict:
-        """Every MAE setting changes what is learned (the resume fingerprint reads this)."""
-        return self.to_dict()
+        """The fields that change what is learned (the resume fingerprint reads this)."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
 
 
 def _checked_fields(cls, d: dict, where: str) -> dict:
