@@ -130,7 +130,7 @@ class MaskedAutoencoder(nn.Module):
         """Pixel predictions (B, N, ph*pw*3) for every patch, visible or not."""
         x = self.decoder_embed(self.decoder_norm_in(latent))
         prefix, visible = x[:, : self.num_prefix], x[:, self.num_prefix:]
-        full = self.mask_token.expand(x.shape[0], self.num_patches, -1)
+        full = self.mask_token.to(x.dtype).expand(x.shape[0], self.num_patches, -1)
         full = full.scatter(1, keep[..., None].expand(-1, -1, x.shape[-1]), visible)
         x = torch.cat([prefix, full + self.decoder_pos_embed], dim=1)
         x = self.decoder_norm(self.decoder_blocks(x))
