@@ -146,6 +146,26 @@ class MAEConfig:
         return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
 
 
+# timm kwargs that may differ between pre-training and fine-tuning: the position table is
+# resampled to another image size, and drop-path is a training setting
+PRETRAIN_FREE_KWARGS = ("img_size", "drop_path_rate")
+
+
+def check_pretrain_matches(model: ModelConfig, mae: MAEConfig, model_where: str, mae_where: str) -> None:
+    """A model fine-tuned from an MAE encoder must build the same timm architecture
+    (``arch`` and ``arch_kwargs`` other than img_size/drop_path_rate), or the encoder's
+    weights would not load; the ValueError names the model's key."""
+    if model.arch != mae.arch:
+        raise ValueError(f"{model_where}.arch: {model.arch!r} is not the arch {mae.arch!r} of {mae_where}, "
+                         "its pretrained_file")
+    mine = {k: v for k, v in model.arch_kwargs.items() if k not in PRETRAIN_FREE_KWARGS}
+    theirs = {k: v for k, v in mae.arch_kwargs.items() if k not in PRETRAIN_FREE_KWARGS}
+    if mine != theirs:
+        key = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))[0]
+        raise ValueError(f"{model_where}.arch_kwargs.{key}: {mine.get(key)!r} differs from {theirs.get(key)!r} in "
+                         f"{mae_where}.arch_kwargs, its pretrained_file (only {list(PRETRAIN_FREE_KWARGS)} may differ)")
+
+
 def _checked_fields(cls, d: dict, where: str) -> dict:
     """The fields of ``d`` checked against dataclass ``cls``: unknown keys and wrong types fail."""
     known = {f.name for f in dataclasses.fields(cls)}
