@@ -104,7 +104,7 @@ def test_pretraining_lowers_the_loss_and_the_encoder_starts_fine_tuning(data, tm
     assert losses[-1] < 0.8 and losses[-1] < 0.75 * losses[0], losses
     assert not (tmp_path / "enc.state").exists()
     tsv = (tmp_path / "enc.history.tsv").read_text().splitlines()
-    assert tsv[0] == "epoch\ttrain_loss\tlr\timages_per_s" and len(tsv) == 7
+    assert tsv[0] == "epoch\ttrain_loss\tlr\timages_per_s\tdata_wait" and len(tsv) == 7
 
     encoder = load_checkpoint(tmp_path / "enc.pth")
     assert all(isinstance(v, torch.Tensor) for v in encoder.values())

@@ -58,7 +58,7 @@ def test_training_learns_and_is_deterministic(data, tmp_path, head):
     assert not (tmp_path / "a.state").exists()  # resumable state removed once final
     history = (tmp_path / "a.history.tsv").read_text().splitlines()
     epochs = ModelConfig.from_dict({**CFG, "head": head}).epochs if head == "linear" else 6
-    assert history[0] == "epoch\ttrain_loss\tval_accuracy\thead_lr\timages_per_s" and len(history) == 1 + epochs
+    assert history[0] == "epoch\ttrain_loss\tval_accuracy\thead_lr\timages_per_s\tdata_wait" and len(history) == 1 + epochs
 
 
 def test_interrupted_run_resumes_to_identical_weights(data, tmp_path):
@@ -326,3 +326,18 @@ def test_seed_rngs_gives_the_streams_of_the_global_seeders():
     assert draws() != expected
     seed_rngs(7)
     assert draws() == expected
+
+
+def test_gpu_smoke_benchmark_skips_in_one_line_without_a_gpu(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: run `make gpu-smoke` instead")
+    script = Path(__file__).resolve().parents[1] / "bench/gpu_smoke.py"
+    out = subprocess.run([sys.executable, str(script), "--results", str(tmp_path)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    assert out.stdout.startswith("gpu_smoke: skipped: no CUDA GPU") and out.stdout.count("\n") == 1
+    assert not list(tmp_path.iterdir())  # nothing written

@@ -117,7 +117,7 @@ class RunningStats:
     loss_sum: float = 0.0
     seen: float = 0.0
     train_s: float = 0.0
-
+    data_s: float = 0.0  # of train_s, the time spent waiting for the loader
 
 class Engine:
     """One model's optimisation from a (resumable) position to the end of an epoch.
@@ -154,7 +154,7 @@ class Engine:
                 "scaler": self.scaler.state_dict(),
                 "criterion": self.criterion.state_dict() if self.criterion is not None else {},
                 "history": json.dumps(self.history), "loss_sum": self.stats.loss_sum, "seen": self.stats.seen,
-                "train_s": self.stats.train_s}
+                "train_s": self.stats.train_s, "data_s": self.stats.data_s}
 
     def resume(self) -> bool:
         """Continue from ``state_dir/last.pt`` if it belongs to this run; create the directory."""
@@ -166,7 +166,7 @@ class Engine:
             if self.criterion is not None:
                 self.criterion.load_state_dict(state["criterion"])
             self.epoch, self.step, self.history = state["epoch"], state["step"], json.loads(state["history"])
-            self.stats = RunningStats(state["loss_sum"], state["seen"], state["train_s"])
+            self.stats = RunningStats(state["loss_sum"], state["seen"], state["train_s"], state.get("data_s", 0.0))
             self.log(f"resumed from {self.last} at epoch {self.epoch + 1} step {self.step}/{self.micro_steps}")
         distributed.barrier()
         if self.env.is_main:
@@ -203,62 +203,83 @@ class Engine:
     # ---- the loop
     def train_one_epoch(self, epoch: int, desc: str = "") -> None:
         """Micro-steps from the saved position to the end of ``epoch``; sums in ``self.stats``."""
-        env, device, accum, micro_steps = self.env, self.device, self.accum, self.micro_steps
+        env = self.env
         start = self.step if epoch == self.epoch else 0
         self.epoch, self.step = epoch, start
         self.sampler.set_epoch(epoch, start)
         self.model.train()
-        t0 = time.time()
+        self._t0 = time.time()
         bar = Progress(total=len(self.sampler) * env.world_size, desc=desc or f"epoch {epoch + 1}", unit="img") \
             if env.is_main else None
+        fetch_start = time.perf_counter()
         for step, (x, y) in enumerate(self.loader, start=start):
-            # a step's RNG draws (mixup, drop-path) depend only on its position
-            seed_rngs(step_seed(self.seed, epoch, step, env.rank), device)
-            x = x.to(device, non_blocking=True)
-            y = y.to(device, non_blocking=True)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            group = step // accum
-            group_steps = range(group * accum, min((group + 1) * accum, micro_steps))
-            is_update = step == group_steps[-1]
-            if step % accum == 0:
-                self.scheduler.step_update(epoch * self.updates_per_epoch + group)
-            sync = contextlib.nullcontext() if is_update or not env.enabled else self.net.no_sync()
-            with sync:
-                with autocast(device, self.amp_dtype):
-                    loss = self.loss_fn(self.net, x, y)
-                # the update's gradient is the mean over all its images, however they were split
-                share = len(x) / sum(self.sampler.batch_len(i) for i in group_steps)
-                scaled = self.scaler.scale(loss * share)
-                if hasattr(self.criterion, "loss_scale"):  # the scaler's current scale (a tensor: no sync)
-                    self.criterion.loss_scale = self.scaler._get_scale_async() if self.scaler.is_enabled() else None
-                scaled.backward()
-            self.stats.loss_sum += loss.item() * len(x)
-            self.stats.seen += len(x)
-            if bar is not None:
-                bar.update(len(x) * env.world_size)
-            if not is_update:
-                continue
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.step = step + 1
-            signalled = self._signalled()
-            if signalled or (self.checkpoint_every and (group + 1) % self.checkpoint_every == 0
-                             and self.step < micro_steps):
-                self.stats.train_s += time.time() - t0
-                t0 = time.time()
-                self.save()
-            if signalled:
-                self._exit_saved()
+            try:
+                self.stats.data_s += time.perf_counter() - fetch_start
+                self._micro_step(epoch, step, x, y, bar)
+            finally:
+                fetch_start = time.perf_counter()
         if bar is not None:
             bar.close()
-        self.stats.train_s += time.time() - t0
+        self.stats.train_s += time.time() - self._t0
+
+    def _micro_step(self, epoch: int, step: int, x, y, bar) -> None:
+        """Forward/backward of one micro-batch; the optimizer update (and a checkpoint) at its group's end."""
+        env, device, accum, micro_steps = self.env, self.device, self.accum, self.micro_steps
+        # a step's RNG draws (mixup, drop-path) depend only on its position
+        seed_rngs(step_seed(self.seed, epoch, step, env.rank), device)
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        group = step // accum
+        group_steps = range(group * accum, min((group + 1) * accum, micro_steps))
+        is_update = step == group_steps[-1]
+        if step % accum == 0:
+            self.scheduler.step_update(epoch * self.updates_per_epoch + group)
+        sync = contextlib.nullcontext() if is_update or not env.enabled else self.net.no_sync()
+        with sync:
+            with autocast(device, self.amp_dtype):
+                loss = self.loss_fn(self.net, x, y)
+            # the update's gradient is the mean over all its images, however they were split
+            share = len(x) / sum(self.sampler.batch_len(i) for i in group_steps)
+            scaled = self.scaler.scale(loss * share)
+            if hasattr(self.criterion, "loss_scale"):  # the scaler's current scale (a tensor: no sync)
+                self.criterion.loss_scale = self.scaler._get_scale_async() if self.scaler.is_enabled() else None
+            scaled.backward()
+        self.stats.loss_sum += loss.item() * len(x)
+        self.stats.seen += len(x)
+        if bar is not None:
+            bar.update(len(x) * env.world_size)
+        if not is_update:
+            return
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step = step + 1
+        signalled = self._signalled()
+        if signalled or (self.checkpoint_every and (group + 1) % self.checkpoint_every == 0
+                         and self.step < micro_steps):
+            self.stats.train_s += time.time() - self._t0
+            self._t0 = time.time()
+            self.save()
+        if signalled:
+            self._exit_saved()
 
     def epoch_totals(self) -> tuple[float, float, float]:
         """(mean train loss, images, images/s) of the epoch just trained, over all ranks."""
         loss_sum, seen = distributed.all_reduce_sum(self.stats.loss_sum, self.stats.seen, device=self.device)
         return loss_sum / max(seen, 1), seen, seen / max(self.stats.train_s, 1e-9)
+
+    def data_wait(self) -> float:
+        """Share of this epoch's training time spent waiting for the loader (the slowest rank's)."""
+        share = self.stats.data_s / max(self.stats.train_s, 1e-9)
+        if self.env.enabled:
+            import torch.distributed as dist
+
+            t = torch.tensor([share], dtype=torch.float64, device=self.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            share = t.item()
+        return share
 
     def end_epoch(self, row: dict) -> None:
         """Record the epoch's row, checkpoint at the start of the next epoch, honour a pending signal."""

@@ -261,7 +261,7 @@ def pretrain(
             loss, seen, speed = engine.epoch_totals()
             log(f"epoch {epoch + 1}/{cfg.epochs} loss {loss:.4f} {speed:.0f} img/s")
             engine.end_epoch({"epoch": epoch + 1, "train_loss": loss, "lr": head_lr(optimizer),
-                              "images_per_s": speed})
+                              "images_per_s": speed, "data_wait": round(engine.data_wait(), 4)})
 
         log(f"pre-trained {cfg.epochs} epochs ({time.time() - t_start:.0f}s this run) -> {out_path}")
         if env.is_main:

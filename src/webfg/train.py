@@ -207,7 +207,8 @@ def train(
                 save_torch(model.state_dict(), state_dir / f"epoch_{epoch + 1:04d}.pt")
                 (state_dir / f"epoch_{epoch + 1 - cfg.soup_last:04d}.pt").unlink(missing_ok=True)
             engine.end_epoch({"epoch": epoch + 1, "train_loss": loss, "val_accuracy": val_acc,
-                              "head_lr": head_lr(optimizer), "images_per_s": speed})
+                              "head_lr": head_lr(optimizer), "images_per_s": speed,
+                              "data_wait": round(engine.data_wait(), 4)})
 
         # ---- soup of the last epochs, final write
         first = max(1, cfg.epochs - cfg.soup_last + 1)
