@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test test-all test-demo test-slurm bench-demo dag lint clean
+.PHONY: install demo test test-all test-demo test-slurm bench-demo gpu-smoke dag lint clean
 
 install: $(VENV)/.installed
 
@@ -52,6 +52,11 @@ test-all: install
 # the demo over 3 model seeds: mean +- sd of every round (bench/results/demo_seeds.md), ~40 min
 bench-demo: install
 	$(BIN)/python bench/bench_demo.py
+
+# the full-scale path on every local GPU (ViT-L/448, Swin-V2-B/384 ArcFace, MAE, flip-TTA
+# inference): images/s per GPU, data wait, peak memory, MFU -> bench/results/; skips without a GPU
+gpu-smoke: install
+	$(BIN)/python bench/gpu_smoke.py
 
 # docs/rulegraph.svg, the README's picture of the stages: rerun after adding or renaming rules
 dag: install

@@ -7,7 +7,9 @@ import sys
 import pytest
 
 from webfg.cli import main
-from webfg.cluster import ResourceError, check_fits, job_geometry, launch_command, parse_sinfo
+from webfg.cluster import (
+    ResourceError, check_fits, check_local_gpus, check_workers, job_geometry, job_threads, launch_command, parse_sinfo,
+)
 
 SINFO = "debug*|1|gpu:2\ngpu|3|gpu:a100:8(S:0-1)\ngpu|1|gpu:a100:4,gpu:v100:2\ncpu|10|(null)\n"
 
@@ -81,3 +83,130 @@ def test_launch_without_a_command_is_one_line(capsys):
         main(["launch", "--tasks-per-node", "2"])
     assert e.value.code == 2
     assert "webfg launch: error: give the command to start after --" in capsys.readouterr().err
+
+
+# ---- one machine, several GPUs: threads sized to the job, GPU slots, requests checked before any job
+
+def test_gpu_jobs_take_their_share_of_the_cores_and_cpu_jobs_all():
+    assert job_threads(job_geometry({}, "x"), 2) == 2  # the CPU demo: one torch job at a time
+    assert job_threads(job_geometry({"gpus": 1, "cpus_per_gpu": 8}, "x"), 64) == 8
+    assert job_threads(job_geometry({"gpus": 4, "cpus_per_gpu": 8}, "x"), 64) == 32
+    assert job_threads(job_geometry({"gpus": 16, "nodes": 2, "cpus_per_gpu": 8}, "x"), 128) == 64  # one node's
+    assert job_threads(job_geometry({"gpus": 4, "cpus_per_gpu": 8}, "x"), 16) == 16  # never above the machine
+
+
+def test_gpu_slots_are_disjoint_and_freed(tmp_path):
+    from webfg.gpuslots import gpu_slots, machine_gpus
+    from webfg.io import InputError
+
+    assert machine_gpus({"WEBFG_GPU_IDS": "2,3", "CUDA_VISIBLE_DEVICES": "0"}) == ["2", "3"]
+    assert machine_gpus({"CUDA_VISIBLE_DEVICES": "1,0"}) == ["1", "0"] and machine_gpus({"WEBFG_GPU_IDS": ""}) == []
+    base = {"WEBFG_GPU_IDS": "0,1,2", "WEBFG_GPU_LOCK_DIR": str(tmp_path)}
+    a, b, c = dict(base), dict(base), dict(base)
+    with gpu_slots(2, log=lambda m: None, environ=a) as first:
+        with gpu_slots(1, log=lambda m: None, environ=b) as second:
+            assert len(first) == 2 and len(second) == 1 and not set(first) & set(second)
+            assert a["CUDA_VISIBLE_DEVICES"] == ",".join(first) and b["CUDA_VISIBLE_DEVICES"] == second[0]
+            with pytest.raises(InputError, match="no 1 free GPU slot"):
+                with gpu_slots(1, log=lambda m: None, environ=c, timeout_s=0):
+                    pass
+        with gpu_slots(1, log=lambda m: None, environ=c) as third:  # the second job's GPU is free again
+            assert third == second
+    with pytest.raises(InputError, match="asks for 4 GPU"):
+        with gpu_slots(4, environ=dict(base)):
+            pass
+    slurm = {"SLURM_JOB_ID": "1", "CUDA_VISIBLE_DEVICES": "5"}  # Slurm chose: nothing locked
+    with gpu_slots(1, environ=slurm) as ids:
+        assert ids == ["5"]
+
+
+def test_bad_requests_name_the_key():
+    with pytest.raises(ResourceError, match=r"models.vit.num_workers: 9 loader processes per training process "
+                                            r"exceed the 8 CPUs it asks for \(models.vit.resources.cpus_per_gpu\)"):
+        check_workers(9, job_geometry({"gpus": 1, "cpus_per_gpu": 8}, "x"), "models.vit")
+    check_workers(8, job_geometry({"gpus": 1, "cpus_per_gpu": 8}, "x"), "models.vit")
+    check_workers(None, job_geometry({}, "x"), "models.vit")
+    with pytest.raises(ResourceError, match=r"models.vit.resources.gpus: 1 GPU\(s\) requested, but this machine has "
+                                            "none"):
+        check_local_gpus({"models.vit.resources.gpus": 1}, [])
+    with pytest.raises(ResourceError, match="models.vit.resources.gpus: 8 GPUs on one node, but this machine has 2"):
+        check_local_gpus({"models.vit.resources.gpus": 8}, ["0", "1"])
+    check_local_gpus({"models.vit.resources.gpus": 0}, [])  # the CPU demo
+
+
+def test_mae_architecture_must_match_the_model_it_starts():
+    from webfg.config import MAEConfig, ModelConfig, check_pretrain_matches
+
+    vit = {"arch": "vit_tiny_patch16_224", "arch_kwargs": {"img_size": 448, "depth": 4}}
+    mae = MAEConfig.from_dict({"arch": "vit_tiny_patch16_224", "arch_kwargs": {"img_size": 224, "depth": 4}})
+    check_pretrain_matches(ModelConfig.from_dict(vit), mae, "models.v", "pretrain.m")  # img_size may differ
+    with pytest.raises(ValueError, match=r"models.v.arch_kwargs.depth: 6 differs from 4 in pretrain.m.arch_kwargs"):
+        check_pretrain_matches(ModelConfig.from_dict({**vit, "arch_kwargs": {"depth": 6}}), mae, "models.v", "pretrain.m")
+    with pytest.raises(ValueError, match=r"models.v.arch: 'vit_small_patch16_224' is not the arch"):
+        check_pretrain_matches(ModelConfig.from_dict({**vit, "arch": "vit_small_patch16_224"}), mae, "models.v",
+                               "pretrain.m")
+
+
+def _snakemake(workdir, *args, configs=(), env=None):
+    """Snakemake on config/tiny.yaml (or ``configs``, merged in order) plus ``args``."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    configs = [str(c) for c in configs] or [str(repo / "config/tiny.yaml")]
+    cmd = [str(Path(sys.executable).with_name("snakemake")), "-s", str(repo / "Snakefile"), "-d", str(workdir),
+           "--cores", "2", *args, "--configfile", *configs]
+    return subprocess.run(cmd, cwd=workdir, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.dag
+def test_bad_resources_fail_before_any_job_naming_the_key(tmp_path):
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    (tmp_path / "w.yaml").write_text("models:\n  vit_linear: {num_workers: 5, resources: {cpus_per_gpu: 2}}\n")
+    tiny = repo / "config/tiny.yaml"
+    out = _snakemake(tmp_path, "-n", configs=[tiny, tmp_path / "w.yaml"])
+    assert out.returncode and "models.vit_linear.num_workers: 5 loader processes" in out.stdout + out.stderr
+    # a GPU request on a machine with none, in a real run: refused before the first job
+    (tmp_path / "g.yaml").write_text("models:\n  vit_linear: {resources: {gpus: 1}}\n")
+    out = _snakemake(tmp_path, configs=[tiny, tmp_path / "g.yaml"], env={"WEBFG_GPU_IDS": ""})
+    assert out.returncode and "models.vit_linear.resources.gpus: 1 GPU(s) requested, but this machine has none" in (
+        out.stdout + out.stderr)
+    assert not (tmp_path / "results").exists() and not (tmp_path / "data").exists()
+    # an MAE encoder of another architecture than the model it starts
+    (tmp_path / "m.yaml").write_text("pretrain:\n  vit_mae: {arch_kwargs: {img_size: 32, patch_size: 2, depth: 2}}\n")
+    out = _snakemake(tmp_path, "-n", configs=[repo / "config/demo.yaml", repo / "config/demo-mae.yaml",
+                                              tmp_path / "m.yaml"])
+    assert out.returncode and "models.vit_linear.arch_kwargs.depth: 4 differs from 2 in pretrain.vit_mae" in (
+        out.stdout + out.stderr)
+
+
+@pytest.mark.dag
+def test_two_one_gpu_jobs_run_side_by_side_on_disjoint_gpus(tmp_path):
+    """profiles/workstation on a machine with 2 GPUs, simulated on the CPU (WEBFG_GPU_IDS):
+    the two 1-GPU trainings of the tiny config's first round run at the same time, each
+    with 1 of the 2 cores and its own CUDA_VISIBLE_DEVICES (from the job logs)."""
+    import re
+
+    (tmp_path / "two.yaml").write_text("models:\n  swin_arc: {resources: {gpus: 1, cpus_per_gpu: 1}}\n"
+                                       "  vit_linear: {resources: {gpus: 1, cpus_per_gpu: 1}}\n")
+    from pathlib import Path
+
+    tiny = Path(__file__).resolve().parents[1] / "config/tiny.yaml"
+    out = _snakemake(tmp_path, "results/r0/train/swin_arc.pt", "results/r0/train/vit_linear.pt", "--resources", "gpu=2",
+                     configs=[tiny, tmp_path / "two.yaml"], env={"WEBFG_GPU_IDS": "0,1", "WEBFG_GPU_LOCK_DIR": str(tmp_path / "locks")})
+    assert out.returncode == 0, out.stderr[-4000:]
+    jobs = {}
+    for model in ("swin_arc", "vit_linear"):
+        log = (tmp_path / f"logs/r0/train/{model}.log").read_text()
+        start = re.search(r"GPU slots: CUDA_VISIBLE_DEVICES=(\S+) start ([\d.]+)", log)
+        end = re.search(r"GPU slots: released (\S+) end ([\d.]+)", log)
+        assert start and end, log[-2000:]
+        assert "threads 1," in log  # its share of the 2 cores
+        jobs[model] = (start[1], float(start[2]), float(end[2]))
+    (a, a0, a1), (b, b0, b1) = jobs.values()
+    assert {a, b} == {"0", "1"}, jobs  # disjoint device lists
+    assert max(a0, b0) < min(a1, b1), jobs  # their lifetimes overlap: side by side

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from webfg.heads import SoftmaxEQL, SubCenterArcFace, adaptive_margins, arcface_logits, logit_adjustment
-from webfg.train import soup
+from webfg.soup import soup
 
 
 def test_adaptive_margins_hand_values():
@@ -79,6 +79,30 @@ def test_eql_collects_abs_gradients_of_positives_and_negatives():
     assert eql.neg_grad.tolist() == pytest.approx([1 / 6, 1 / 6, 1 / 3])
 
 
+def test_eql_statistics_do_not_depend_on_the_fp16_loss_scale():
+    """Under fp16 the backward runs on loss x the GradScaler's scale; the trainer tells the
+    criterion that scale and the accumulators must equal those of the unscaled loss."""
+    torch.manual_seed(0)
+    logits, labels = torch.randn(8, 5), torch.tensor([0, 1, 2, 3, 4, 0, 1, 2])
+    plain, scaled = SoftmaxEQL(5), SoftmaxEQL(5)
+    for _ in range(3):  # the offsets read the accumulators: equal states give equal next losses
+        a, b = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+        plain(a, labels).backward()
+        scaled.loss_scale = torch.tensor(2.0**16)
+        (scaled(b, labels) * 2.0**16).backward()
+        assert torch.equal(scaled.pos_grad, plain.pos_grad) and torch.equal(scaled.neg_grad, plain.neg_grad)
+    assert plain.pos_grad.sum() > 0
+    # without being told, the statistics carry the scale (what the fix is about)
+    unaware = SoftmaxEQL(5)
+    (unaware(logits.clone().requires_grad_(), labels) * 2.0**16).backward()
+    assert unaware.pos_grad.sum() > 1000 * SoftmaxEQL(5).pos_grad.sum() + 1
+    # a backward that overflowed (the scaler then skips the step) adds nothing
+    before = scaled.pos_grad.clone()
+    c = logits.clone().requires_grad_()
+    (scaled(c, labels) * float("inf")).backward()
+    assert torch.equal(scaled.pos_grad, before)
+
+
 def test_logit_adjustment_subtracts_log_prior():
     out = logit_adjustment(torch.zeros(1, 2), [3, 1])
     assert out.tolist()[0] == pytest.approx([-math.log(0.75), -math.log(0.25)], abs=1e-6)
@@ -88,5 +112,5 @@ def test_soup_is_elementwise_mean_of_float_tensors():
     a = {"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(5)}
     b = {"w": torch.tensor([3.0, 4.0]), "n": torch.tensor(7)}
     out = soup([a, b])
-    assert out["w"].tolist() == [2.0, 3.0]
+    assert out["w"].tolist() == [2.0, 3.0] and out["w"].dtype == torch.float32
     assert out["n"].item() == 7  # integer buffers come from the last checkpoint

@@ -58,7 +58,7 @@ def test_training_learns_and_is_deterministic(data, tmp_path, head):
     assert not (tmp_path / "a.state").exists()  # resumable state removed once final
     history = (tmp_path / "a.history.tsv").read_text().splitlines()
     epochs = ModelConfig.from_dict({**CFG, "head": head}).epochs if head == "linear" else 6
-    assert history[0].startswith("epoch\ttrain_loss\tval_accuracy") and len(history) == 1 + epochs
+    assert history[0] == "epoch\ttrain_loss\tval_accuracy\thead_lr\timages_per_s\tdata_wait" and len(history) == 1 + epochs
 
 
 def test_interrupted_run_resumes_to_identical_weights(data, tmp_path):
@@ -195,24 +195,23 @@ def test_accumulation_and_two_ranks_match_one_big_batch(data, tmp_path):
     assert all(torch.equal(ddp["state_dict"][k], srun["state_dict"][k]) for k in ddp["state_dict"])
 
 
-def test_killed_at_three_random_points_resumes_to_identical_weights(data, tmp_path):
-    """SIGTERM, SIGUSR1 and SIGKILL at random moments, then a clean finish: same weights as
-    one uninterrupted run (checkpoint every update; all randomness derives from the position)."""
+KILL_SEED_ENV = "WEBFG_KILL_SEED"  # set it to replay a failure's kill points
+
+
+def kill_and_resume(cmd, duration, signals, state, capsys=None):
+    """Start ``cmd``, send each signal at a random moment (once the trainer is running),
+    check each exit status, then finish the run. The kill points' seed is printed (and
+    taken from $WEBFG_KILL_SEED when set), so a failure can be replayed."""
+    import os
     import random
-    import signal
     import subprocess
-    import sys
     import time
 
-    cfg = {"head": "linear", "epochs": 3, "batch_size": 4, "checkpoint_every": 1, "mixup_alpha": 0.0,
-           "cutmix_alpha": 0.0}
-    t0 = time.perf_counter()
-    run(data, tmp_path / "full.pt", **cfg)
-    duration = time.perf_counter() - t0  # kill points scale with this machine's speed
-    cmd = [sys.executable, *train_cmd(data, tmp_path, "killed", cfg)]
-    rng = random.Random()
-    points = []
-    for sig, code in ((signal.SIGTERM, 143), (signal.SIGUSR1, 75), (signal.SIGKILL, -9)):
+    seed = int(os.environ.get(KILL_SEED_ENV) or random.SystemRandom().randrange(2**31))
+    print(f"kill points: {KILL_SEED_ENV}={seed}")
+    rng = random.Random(seed)
+    points = [f"{KILL_SEED_ENV}={seed}"]
+    for sig, code in signals:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         while "params" not in (line := proc.stdout.readline()):  # handlers are installed
             assert line, "trainer exited before starting"
@@ -222,12 +221,57 @@ def test_killed_at_three_random_points_resumes_to_identical_weights(data, tmp_pa
         rest = proc.communicate(timeout=120)[0]
         points.append((sig.name, round(delay, 2)))
         assert proc.returncode == code, (points, rest[-2000:])
-    assert (tmp_path / "killed.state" / "last.pt").exists()
+        if code > 0:
+            assert f"{sig.name}: saved" in rest, (points, rest[-2000:])
+    assert state.exists(), points
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "resumed from" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
+    return points
+
+
+STOP_SIGNALS = (("SIGTERM", 143), ("SIGUSR1", 75), ("SIGINT", 130), ("SIGKILL", -9))
+
+
+def test_killed_at_random_points_resumes_to_identical_weights(data, tmp_path):
+    """SIGTERM, SIGUSR1, SIGINT (Ctrl-C) and SIGKILL at random moments, then a clean finish:
+    same weights as one uninterrupted run (checkpoint every update; all randomness derives
+    from the position). The first three save before exiting."""
+    import signal
+    import sys
+    import time
+
+    cfg = {"head": "linear", "epochs": 3, "batch_size": 4, "checkpoint_every": 1, "mixup_alpha": 0.0,
+           "cutmix_alpha": 0.0}
+    t0 = time.perf_counter()
+    run(data, tmp_path / "full.pt", **cfg)
+    duration = time.perf_counter() - t0  # kill points scale with this machine's speed
+    cmd = [sys.executable, *train_cmd(data, tmp_path, "killed", cfg)]
+    points = kill_and_resume(cmd, duration, [(getattr(signal, n), c) for n, c in STOP_SIGNALS],
+                             tmp_path / "killed.state" / "last.pt")
     a = load_checkpoint(tmp_path / "full.pt")["state_dict"]
     b = load_checkpoint(tmp_path / "killed.pt")["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a), points
+
+
+def test_weights_do_not_depend_on_the_number_of_loader_workers(data, tmp_path):
+    """Augmentation is a function of (sample, seed): 0 and 2 loader processes, same weights."""
+    cfg = {"head": "arcface", "epochs": 2, "hflip": 0.5}
+    messages = []
+    run(data, tmp_path / "w0.pt", num_workers=0, **cfg)
+    run(data, tmp_path / "w2.pt", num_workers=2, log=messages.append, **cfg)
+    assert any("loader workers 2" in m for m in messages)
+    a = load_checkpoint(tmp_path / "w0.pt")["state_dict"]
+    b = load_checkpoint(tmp_path / "w2.pt")["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_loader_workers_follow_the_job_unless_set():
+    from webfg.engine import loader_workers
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert loader_workers(None, 8, gpu) == 7 and loader_workers(None, 1, gpu) == 1  # one CPU drives the GPU
+    assert loader_workers(None, 8, cpu) == 0  # the CPU demo: the model needs the cores
+    assert loader_workers(3, 8, gpu) == 3 and loader_workers(0, 8, gpu) == 0  # the config wins
 
 
 def test_bad_image_met_in_training_is_skipped(data, tmp_path, capfd):
@@ -282,3 +326,18 @@ def test_seed_rngs_gives_the_streams_of_the_global_seeders():
     assert draws() != expected
     seed_rngs(7)
     assert draws() == expected
+
+
+def test_gpu_smoke_benchmark_skips_in_one_line_without_a_gpu(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: run `make gpu-smoke` instead")
+    script = Path(__file__).resolve().parents[1] / "bench/gpu_smoke.py"
+    out = subprocess.run([sys.executable, str(script), "--results", str(tmp_path)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    assert out.stdout.startswith("gpu_smoke: skipped: no CUDA GPU") and out.stdout.count("\n") == 1
+    assert not list(tmp_path.iterdir())  # nothing written

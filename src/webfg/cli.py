@@ -64,7 +64,18 @@ def _launch(a):
 def _pretrain_mae(a):
     from webfg.mae import load_mae_config, pretrain
 
-    pretrain(load_mae_config(a.config), a.root, a.train_list, a.unlabelled, a.out, a.state_dir, a.threads)
+    if a.config_json is not None:
+        import json
+
+        from webfg.config import MAEConfig
+
+        try:
+            cfg = MAEConfig.from_dict(json.loads(a.config_json), where="--config-json")
+        except (ValueError, TypeError) as e:
+            raise InputError(str(e)) from None
+    else:
+        cfg = load_mae_config(a.config)
+    pretrain(cfg, a.root, a.train_list, a.unlabelled, a.out, a.state_dir, a.threads)
 
 
 def _infer(a):
@@ -260,7 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("pretrain-mae", help="MAE pre-training of a ViT encoder (resumes from its state folder)",
                        epilog="the encoder file starts a model through its pretrained_file")
-    s.add_argument("--config", required=True, help="YAML of webfg.config.MAEConfig fields")
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--config", help="YAML of webfg.config.MAEConfig fields")
+    g.add_argument("--config-json", help="the pretrain entry as a JSON string (what the workflow passes)")
     s.add_argument("--root", required=True)
     s.add_argument("--train-list", required=True, help="labelled list; its labels are not used")
     s.add_argument("--unlabelled", nargs="*", default=[], help="unlabelled lists (e.g. results/clean/testa.txt)")

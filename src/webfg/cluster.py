@@ -44,6 +44,38 @@ def job_geometry(resources: dict, where: str) -> dict:
     return r
 
 
+def job_threads(geometry: dict, cores: int) -> int:
+    """Snakemake ``threads`` of a torch job on one machine: a CPU-only job takes every core
+    (one torch job at a time, as on the CPU demo); a GPU job its share, ``cpus_per_gpu``
+    per GPU on the node, so that jobs whose GPUs fit run side by side."""
+    if geometry["gpus"] == 0:
+        return cores
+    return max(1, min(cores, geometry["cpus_per_task"] * geometry["tasks_per_node"]))
+
+
+def check_workers(num_workers: int | None, geometry: dict, where: str) -> None:
+    """Loader processes must fit the CPUs each training process asks for."""
+    if num_workers is not None and num_workers > geometry["cpus_per_task"]:
+        raise ResourceError(f"{where}.num_workers: {num_workers} loader processes per training process exceed the "
+                            f"{geometry['cpus_per_task']} CPUs it asks for ({where}.resources.cpus_per_gpu); lower "
+                            f"num_workers or leave it unset (then cpus_per_gpu - 1 on a GPU)")
+
+
+def check_local_gpus(requests: dict[str, int], gpus_here: list[str]) -> None:
+    """Outside Slurm, every GPU request must be one this machine can serve.
+
+    ``requests``: config key (``models.<name>.resources.gpus``) -> GPUs per node. A CPU
+    machine runs only ``gpus: 0`` entries (the CPU demo's explicit setting)."""
+    for key, gpus in requests.items():
+        if gpus and not gpus_here:
+            raise ResourceError(f"{key}: {gpus} GPU(s) requested, but this machine has none (no /dev/nvidiaN; "
+                                "WEBFG_GPU_IDS / CUDA_VISIBLE_DEVICES empty); set it to 0 for a CPU run, or submit "
+                                "with --profile profiles/slurm")
+        if gpus > len(gpus_here):
+            raise ResourceError(f"{key}: {gpus} GPUs on one node, but this machine has {len(gpus_here)} "
+                                f"({','.join(gpus_here)}); lower it or submit with --profile profiles/slurm")
+
+
 def parse_sinfo(text: str) -> dict[str, dict]:
     """``sinfo -h -o '%P|%D|%G'`` -> {partition: {gpus_per_node, nodes, default}}.
 

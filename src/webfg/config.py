@@ -55,7 +55,7 @@ class ModelConfig:
     # runtime knobs: they do not change what is learned (not part of the resume fingerprint)
     channels_last: bool = False
     compile: bool = False  # torch.compile the model
-    num_workers: int = 0  # data-loading processes per training process
+    num_workers: int | None = None  # data-loading processes per training process; None: from the job's CPUs (webfg.engine.loader_workers)
     checkpoint_every: int = 0  # also checkpoint every N optimizer updates (0: once per epoch)
 
     @classmethod
@@ -115,20 +115,55 @@ class MAEConfig:
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     seed: int = 0
+    # scale-out, as ModelConfig: batch_size is per process (GPU)
+    global_batch_size: int | None = None  # if set, grad_accum = this / (batch_size x world size)
+    grad_accum: int = 1
+    precision: str = "auto"  # auto (bf16 on GPUs that have it, else fp32) | fp32 | bf16 | fp16
+    # runtime knobs (not part of the resume fingerprint)
+    num_workers: int | None = None  # data-loading processes per process; None: from the job's CPUs
+    checkpoint_every: int = 0  # also checkpoint every N optimizer updates (0: once per epoch)
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "pretrain config") -> "MAEConfig":
         cfg = cls(**_checked_fields(cls, d, where))
         if not 0 < cfg.mask_ratio < 1:
             raise ValueError(f"{where}.mask_ratio: {cfg.mask_ratio} must lie strictly between 0 and 1")
+        if cfg.precision not in PRECISIONS:
+            raise ValueError(f"{where}.precision: {cfg.precision!r} is not one of {list(PRECISIONS)}")
+        for key in ("epochs", "batch_size", "grad_accum"):
+            if getattr(cfg, key) < 1:
+                raise ValueError(f"{where}.{key}: must be at least 1, got {getattr(cfg, key)}")
+        if cfg.global_batch_size is not None and cfg.global_batch_size % cfg.batch_size:
+            raise ValueError(f"{where}.global_batch_size: {cfg.global_batch_size} is not a multiple of "
+                             f"batch_size {cfg.batch_size}")
         return cfg
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def learning_dict(self) -> dict:
-        """Every MAE setting changes what is learned (the resume fingerprint reads this)."""
-        return self.to_dict()
+        """The fields that change what is learned (the resume fingerprint reads this)."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+
+
+# timm kwargs that may differ between pre-training and fine-tuning: the position table is
+# resampled to another image size, and drop-path is a training setting
+PRETRAIN_FREE_KWARGS = ("img_size", "drop_path_rate")
+
+
+def check_pretrain_matches(model: ModelConfig, mae: MAEConfig, model_where: str, mae_where: str) -> None:
+    """A model fine-tuned from an MAE encoder must build the same timm architecture
+    (``arch`` and ``arch_kwargs`` other than img_size/drop_path_rate), or the encoder's
+    weights would not load; the ValueError names the model's key."""
+    if model.arch != mae.arch:
+        raise ValueError(f"{model_where}.arch: {model.arch!r} is not the arch {mae.arch!r} of {mae_where}, "
+                         "its pretrained_file")
+    mine = {k: v for k, v in model.arch_kwargs.items() if k not in PRETRAIN_FREE_KWARGS}
+    theirs = {k: v for k, v in mae.arch_kwargs.items() if k not in PRETRAIN_FREE_KWARGS}
+    if mine != theirs:
+        key = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))[0]
+        raise ValueError(f"{model_where}.arch_kwargs.{key}: {mine.get(key)!r} differs from {theirs.get(key)!r} in "
+                         f"{mae_where}.arch_kwargs, its pretrained_file (only {list(PRETRAIN_FREE_KWARGS)} may differ)")
 
 
 def _checked_fields(cls, d: dict, where: str) -> dict:

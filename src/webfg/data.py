@@ -83,12 +83,17 @@ class EpochSampler(torch.utils.data.Sampler):
     every rank has the same number of batches. ``set_epoch(epoch, start_batch)`` resumes in
     the middle of an epoch: the RNG streams are derived from the position, so the position
     is the whole sampler state.
+
+    With ``global_seeds`` a sample's seed derives from its place in the epoch's order, not
+    from (rank, position): the same image gets the same crop (and MAE mask) whatever the
+    number of processes, so N ranks x batch B draw exactly what one process x N·B draws.
     """
 
     def __init__(self, num_samples: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
-                 drop_last: bool = False):
+                 drop_last: bool = False, global_seeds: bool = False):
         self.n, self.batch_size, self.seed = num_samples, batch_size, seed
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
+        self.global_seeds = global_seeds
         self.epoch, self.start_batch = 0, 0
 
     @property
@@ -121,7 +126,8 @@ class EpochSampler(torch.utils.data.Sampler):
         start = self.start_batch * self.batch_size
         stop = self.batches_per_epoch * self.batch_size if self.drop_last else len(mine)
         for pos in range(start, stop):
-            sample_seed = int(np.random.SeedSequence([self.seed, self.epoch, self.rank, pos]).generate_state(1)[0])
+            key = [pos * self.world_size + self.rank] if self.global_seeds else [self.rank, pos]
+            sample_seed = int(np.random.SeedSequence([self.seed, self.epoch, *key]).generate_state(1)[0])
             yield mine[pos], sample_seed
 
 

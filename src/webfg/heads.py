@@ -83,11 +83,17 @@ class SoftmaxEQL(nn.Module):
     so far: classes that have seen little positive gradient (rare classes) are pushed
     down less by frequent ones. The accumulators are updated from the logits' gradient
     in backward (a tensor hook), summed over ranks when torch.distributed is initialised.
+
+    Under fp16 the loss is multiplied by the GradScaler's scale before backward; the
+    trainer sets ``loss_scale`` to it (a tensor or None) and the hook divides it out, so
+    the statistics are those of the unscaled loss. A backward whose gradients overflowed
+    (the scaler then skips the step) adds nothing.
     """
 
     def __init__(self, num_classes: int, tau: float = 1.0, eps: float = 1e-4):
         super().__init__()
         self.num_classes, self.tau, self.eps = num_classes, tau, eps
+        self.loss_scale = None  # the GradScaler's scale of the next backward (None: unscaled)
         self.register_buffer("pos_grad", torch.zeros(num_classes))
         self.register_buffer("neg_grad", torch.zeros(num_classes))
 
@@ -107,12 +113,15 @@ class SoftmaxEQL(nn.Module):
     @torch.no_grad()
     def _collect(self, grad: torch.Tensor, one_hot: torch.Tensor) -> None:
         g = grad.abs().float()
+        if self.loss_scale is not None:
+            g = g / self.loss_scale
         pos, neg = (g * one_hot).sum(0), (g * (1 - one_hot)).sum(0)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(pos)
             torch.distributed.all_reduce(neg)
-        self.pos_grad += pos
-        self.neg_grad += neg
+        finite = torch.isfinite(pos).all() & torch.isfinite(neg).all()  # no host sync
+        self.pos_grad += torch.where(finite, pos, torch.zeros_like(pos))
+        self.neg_grad += torch.where(finite, neg, torch.zeros_like(neg))
 
 
 def logit_adjustment(logits: torch.Tensor, class_counts, tau: float = 1.0) -> torch.Tensor:

@@ -17,23 +17,26 @@ from webfg.progress import progress
 
 
 @torch.no_grad()
-def predict_probs(model, root, relpaths, batch_size: int = 256, log=print) -> np.ndarray:
+def predict_probs(model, root, relpaths, batch_size: int = 256, log=print, workers: int | None = None) -> np.ndarray:
     """Class probabilities (N, C) float32; with ``tta_flip`` the mean of the image's
     and its horizontal mirror's probabilities. Runs on the model's device, under the
-    config's autocast precision (probabilities are computed from fp32 logits)."""
-    from webfg.train import autocast, resolve_precision
+    config's autocast precision (probabilities are computed from fp32 logits), with
+    ``workers`` loader processes (None: the config's, else derived from the CPUs)."""
+    from webfg.engine import autocast, loader_workers, make_loader, resolve_precision
 
     model.eval()
     device = next(model.parameters()).device
     amp_dtype = resolve_precision(model.cfg.precision, device)
-    workers = model.cfg.num_workers
-    loader = torch.utils.data.DataLoader(
-        ImageList(root, list(relpaths), eval_transform(model.cfg)), batch_size=batch_size, shuffle=False,
-        num_workers=workers, pin_memory=device.type == "cuda",
-    )
+    if workers is None:
+        workers = loader_workers(model.cfg.num_workers, None, device)
+    loader = make_loader(ImageList(root, list(relpaths), eval_transform(model.cfg)), batch_size, workers, device)
+    if model.cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     out, t0 = [], time.time()
     for x, _ in progress(loader, desc="infer", unit="batch"):
         x = x.to(device, non_blocking=True)
+        if model.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp_dtype):
             probs = model.predict_logits(x).softmax(1)
             if model.cfg.tta_flip:
@@ -50,6 +53,7 @@ def infer_splits(model_path, root, val_list, splits: dict, model_name: str = "",
     ``val_list`` is ``[(relpath, label)]``; its prediction is also written when
     ``splits`` holds a ``"val"`` entry with relpaths None.
     """
+    from webfg.engine import loader_workers
     from webfg.train import load_model
 
     if threads:
@@ -57,8 +61,10 @@ def infer_splits(model_path, root, val_list, splits: dict, model_name: str = "",
     model = load_model(model_path)
     if torch.cuda.is_available():
         model = model.cuda()
-    log(f"val: {model_path}")
-    val_probs = predict_probs(model, root, [p for p, _ in val_list], log=log)
+    device = next(model.parameters()).device
+    workers = loader_workers(model.cfg.num_workers, threads, device)
+    log(f"val: {model_path} ({device.type}, {workers} loader workers)")
+    val_probs = predict_probs(model, root, [p for p, _ in val_list], log=log, workers=workers)
     val_labels = np.array([y for _, y in val_list])
     val_accuracy = float((val_probs.argmax(1) == val_labels).mean()) if len(val_list) else float("nan")
     log(f"  val accuracy {val_accuracy:.4f}")
@@ -68,5 +74,5 @@ def infer_splits(model_path, root, val_list, splits: dict, model_name: str = "",
             save_predictions(stem, val_probs, [p for p, _ in val_list], meta)
             continue
         log(f"{split}: {len(relpaths)} images")
-        save_predictions(stem, predict_probs(model, root, relpaths, log=log), relpaths, meta)
+        save_predictions(stem, predict_probs(model, root, relpaths, log=log, workers=workers), relpaths, meta)
     return val_accuracy

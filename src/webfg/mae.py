@@ -14,8 +14,13 @@ layout and a model entry starts from it with ``pretrained_file``:
 - the loss is the MSE on the masked patches against per-patch normalised pixels.
 
 Position tables are fixed 2-D sin-cos during pre-training (as in MAE) and written into
-the encoder's ``pos_embed``, which fine-tuning then trains. Resumable like webfg.train:
-an atomic state after every epoch in ``state_dir`` (outside the declared output).
+the encoder's ``pos_embed``, which fine-tuning then trains.
+
+It runs on the fine-tuning engine (webfg.engine): device placement, bf16/fp16 autocast,
+DDP under torchrun or srun, gradient accumulation, mid-epoch checkpoints, SIGUSR1/
+SIGTERM/SIGINT save-and-requeue, bit-identical resume. Each sample's crop and mask
+derive from its place in the epoch's order, so N processes with batch B give the
+weights of one process with batch N·B.
 
     webfg pretrain-mae --config mae.yaml --root data/demo \
         --train-list results/clean/train.txt --unlabelled results/clean/testa.txt --out enc.pth
@@ -23,8 +28,6 @@ an atomic state after every epoch in ``state_dir`` (outside the declared output)
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
 import time
 from pathlib import Path
@@ -32,10 +35,14 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from webfg import distributed
+from webfg.checkpoint import fingerprint, save_torch
 from webfg.config import MAEConfig
-from webfg.data import ImageList, seed_rngs
+from webfg.data import EpochSampler, SeededImageList
+from webfg.engine import (
+    Engine, head_lr, loader_workers, make_loader, resolve_accumulation, resolve_precision, threads_per_process,
+)
 from webfg.io import InputError, read_split_list
-from webfg.train import fingerprint, load_resumable, save_torch, write_history
 
 
 class MaskedAutoencoder(nn.Module):
@@ -123,7 +130,7 @@ class MaskedAutoencoder(nn.Module):
         """Pixel predictions (B, N, ph*pw*3) for every patch, visible or not."""
         x = self.decoder_embed(self.decoder_norm_in(latent))
         prefix, visible = x[:, : self.num_prefix], x[:, self.num_prefix:]
-        full = self.mask_token.expand(x.shape[0], self.num_patches, -1)
+        full = self.mask_token.to(x.dtype).expand(x.shape[0], self.num_patches, -1)
         full = full.scatter(1, keep[..., None].expand(-1, -1, x.shape[-1]), visible)
         x = torch.cat([prefix, full + self.decoder_pos_embed], dim=1)
         x = self.decoder_norm(self.decoder_blocks(x))
@@ -133,14 +140,21 @@ class MaskedAutoencoder(nn.Module):
         """Loss on the masked patches, the predictions and the mask (B, N; 1 = masked)."""
         if keep is None:
             keep = self.random_keep(imgs.shape[0], self.cfg.mask_ratio)
-        pred = self.decode(self.encode(imgs, keep), keep)
-        target = self.patchify(imgs)
+        pred = self.decode(self.encode(imgs, keep), keep).float()  # the loss in fp32 under autocast
+        target = self.patchify(imgs.float())
         if self.cfg.norm_pix_loss:
             target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6) ** 0.5
         mask = torch.ones(imgs.shape[0], self.num_patches, device=imgs.device)
         mask.scatter_(1, keep, 0.0)
         loss = (((pred - target) ** 2).mean(-1) * mask).sum() / mask.sum()
         return loss, pred, mask
+
+    def keep_from_noise(self, noise: torch.Tensor) -> torch.Tensor:
+        """Visible patches (B, n_keep) from per-sample uniform noise (B, N): the lowest draws."""
+        n_keep = int(self.num_patches * (1 - self.cfg.mask_ratio))
+        if n_keep < 1:
+            raise ValueError(f"mask_ratio {self.cfg.mask_ratio} leaves no visible patch of {self.num_patches}")
+        return noise.argsort(dim=1)[:, :n_keep]
 
     def encoder_state_dict(self) -> dict:
         """The encoder's weights in timm's key layout (no classifier head: num_classes=0)."""
@@ -158,6 +172,18 @@ def pretrain_transform(cfg: MAEConfig):
     )
 
 
+class MaskedImageList(SeededImageList):
+    """Pre-training images: (augmented image, its mask noise), both drawn from the sample's seed."""
+
+    def __init__(self, root, samples, transform, num_patches: int):
+        super().__init__(root, samples, transform)
+        self.num_patches = num_patches
+
+    def __getitem__(self, item):
+        img, _ = super().__getitem__(item)
+        return img, torch.rand(self.num_patches)  # right after the seeded transform: a function of the seed
+
+
 def pretrain(
     cfg: MAEConfig,
     data_root,
@@ -169,85 +195,82 @@ def pretrain(
     log=print,
 ) -> dict:
     """Pre-train on the images of ``train_list`` (labels unused) and ``unlabelled_lists``;
-    write the encoder to ``out_path`` and the per-epoch curve to ``<out>.history.tsv``."""
-    if threads:
-        torch.set_num_threads(threads)
+    write the encoder to ``out_path`` and the per-epoch curve to ``<out>.history.tsv``.
+
+    Runs as one of several processes when launched by torchrun or srun; only rank 0 writes."""
     out_path = Path(out_path)
     state_dir = Path(state_dir) if state_dir else out_path.with_suffix(".state")
     lists = [Path(train_list), *map(Path, unlabelled_lists)]
     relpaths = [p for p, _ in read_split_list(train_list)]
     for path in lists[1:]:
         relpaths += read_split_list(path, labelled=False)
-    steps_per_epoch = len(relpaths) // cfg.batch_size
-    if steps_per_epoch == 0:
-        raise InputError(f"{', '.join(map(str, lists))}: {len(relpaths)} images is less than one batch of {cfg.batch_size}")
-    world_lr = cfg.base_lr * cfg.batch_size / 1024
+    accum = resolve_accumulation(cfg, distributed.detect().world_size, "pretrain config")
+    env = distributed.init()
+    device = distributed.device_for(env)
+    cpus = threads_per_process(threads, env.world_size)
+    if cpus:
+        torch.set_num_threads(cpus)
+    workers = loader_workers(cfg.num_workers, cpus, device)
+    if not env.is_main:
+        log = lambda msg: None  # noqa: E731 - one voice in the log
+    effective_batch = cfg.batch_size * env.world_size * accum
+    lr = cfg.base_lr * effective_batch / 1024
 
     torch.manual_seed(cfg.seed)
-    model = MaskedAutoencoder(cfg)
+    model = MaskedAutoencoder(cfg).to(device)
     from timm.optim import create_optimizer_v2, param_groups_weight_decay
-    from timm.scheduler import create_scheduler_v2
+
+    from webfg.train import build_scheduler, wrap, write_history
 
     no_decay = {"mask_token", *(f"encoder.{n}" for n in model.encoder.no_weight_decay())}
     optimizer = create_optimizer_v2(
         param_groups_weight_decay(model, cfg.weight_decay, no_decay),
-        opt="adamw", lr=world_lr, weight_decay=cfg.weight_decay, betas=cfg.betas,
+        opt="adamw", lr=lr, weight_decay=cfg.weight_decay, betas=cfg.betas,
     )
-    scheduler, _ = create_scheduler_v2(
-        optimizer, sched="cosine", num_epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs,
-        warmup_lr=world_lr * cfg.warmup_lr_ratio, min_lr=cfg.min_lr,
-        step_on_epochs=False, updates_per_epoch=steps_per_epoch,
+    train_set = MaskedImageList(data_root, relpaths, pretrain_transform(cfg), model.num_patches)
+    sampler = EpochSampler(len(train_set), cfg.batch_size, cfg.seed, env.rank, env.world_size, drop_last=True,
+                           global_seeds=True)
+    if sampler.batches_per_epoch == 0:
+        raise InputError(f"{', '.join(map(str, lists))}: {len(relpaths)} images is less than one batch of "
+                         f"{cfg.batch_size} per process x {env.world_size} processes")
+
+    def loss_fn(net, x, noise):
+        return net(x, model.keep_from_noise(noise))[0]
+
+    engine = Engine(
+        model=model, net=wrap(model, env, device), optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, cfg.epochs, cfg.warmup_epochs, lr, cfg.warmup_lr_ratio, cfg.min_lr,
+                                  -(-sampler.batches_per_epoch // accum)),
+        loader=make_loader(train_set, cfg.batch_size, workers, device, sampler), sampler=sampler, loss_fn=loss_fn,
+        device=device, amp_dtype=resolve_precision(cfg.precision, device), accum=accum, env=env, seed=cfg.seed,
+        state_dir=state_dir, fingerprint=fingerprint(cfg, lists, "mae"), checkpoint_every=cfg.checkpoint_every,
+        log=log,
     )
-    train_set = ImageList(data_root, relpaths, pretrain_transform(cfg))
+    engine.resume()
 
-    # ---- resume (the same image lists and config only)
-    # webfg.train's fingerprint per list (config + list bytes; the list's position in place of C)
-    fp = hashlib.sha256("".join(fingerprint(cfg, p, i) for i, p in enumerate(lists)).encode()).hexdigest()
-    start_epoch, history = 0, []
-    last = state_dir / "last.pt"
-    state = load_resumable(state_dir, fp, log)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, history = state["epoch"] + 1, json.loads(state["history"])
-        log(f"resumed from {last} after epoch {start_epoch}")
-    state_dir.mkdir(parents=True, exist_ok=True)
+    with engine.stop_signals():
+        n_params = sum(p.numel() for p in model.encoder.parameters()) / 1e6
+        log(f"MAE {cfg.arch}: encoder {n_params:.2f}M params, {model.num_patches} patches of {model.patch} px, "
+            f"mask {cfg.mask_ratio}, decoder {cfg.decoder_depth}x{cfg.decoder_dim}; {len(relpaths)} images, "
+            f"{env.world_size} process(es) on {device.type} ({env.launcher}), batch {cfg.batch_size} x "
+            f"{env.world_size} x accum {accum} = {effective_batch}, lr {lr:.2e}, {engine.updates_per_epoch} "
+            f"updates/epoch, threads {torch.get_num_threads()}, loader workers {workers}")
+        t_start = time.time()
+        for epoch in range(engine.epoch, cfg.epochs):
+            engine.train_one_epoch(epoch, desc=f"MAE epoch {epoch + 1}/{cfg.epochs}")
+            loss, seen, speed = engine.epoch_totals()
+            log(f"epoch {epoch + 1}/{cfg.epochs} loss {loss:.4f} {speed:.0f} img/s")
+            engine.end_epoch({"epoch": epoch + 1, "train_loss": loss, "lr": head_lr(optimizer),
+                              "images_per_s": speed, "data_wait": round(engine.data_wait(), 4)})
 
-    n_params = sum(p.numel() for p in model.encoder.parameters()) / 1e6
-    log(f"MAE {cfg.arch}: encoder {n_params:.2f}M params, {model.num_patches} patches of {model.patch} px, "
-        f"mask {cfg.mask_ratio}, decoder {cfg.decoder_depth}x{cfg.decoder_dim}; {len(relpaths)} images, "
-        f"lr {world_lr:.2e}, {steps_per_epoch} steps/epoch, threads {torch.get_num_threads()}")
-    t_start = time.time()
-    for epoch in range(start_epoch, cfg.epochs):
-        # per-epoch seeds: a resumed run draws the same batches, crops and masks
-        epoch_seed = cfg.seed * 100_003 + epoch
-        seed_rngs(epoch_seed)
-        loader = torch.utils.data.DataLoader(
-            train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
-            generator=torch.Generator().manual_seed(epoch_seed),
-        )
-        model.train()
-        t0, loss_sum, seen = time.time(), 0.0, 0
-        for step, (x, _) in enumerate(loader):
-            scheduler.step_update(epoch * steps_per_epoch + step)
-            loss, _, _ = model(x)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.item() * len(x)
-            seen += len(x)
-        train_s = time.time() - t0
-        history.append({"epoch": epoch + 1, "train_loss": loss_sum / seen,
-                        "lr": optimizer.param_groups[0]["lr"], "images_per_s": seen / train_s})
-        log(f"epoch {epoch + 1}/{cfg.epochs} loss {loss_sum / seen:.4f} {seen / train_s:.0f} img/s")
-        save_torch({"fingerprint": fp, "epoch": epoch, "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(), "history": json.dumps(history)}, last)
-
-    log(f"pre-trained {cfg.epochs} epochs ({time.time() - t_start:.0f}s this run) -> {out_path}")
-    write_history(out_path.with_suffix(".history.tsv"), history)
-    save_torch(model.encoder_state_dict(), out_path)
-    shutil.rmtree(state_dir, ignore_errors=True)
-    return {"epochs": cfg.epochs, "num_images": len(relpaths), "final_loss": history[-1]["train_loss"]}
+        log(f"pre-trained {cfg.epochs} epochs ({time.time() - t_start:.0f}s this run) -> {out_path}")
+        if env.is_main:
+            write_history(out_path.with_suffix(".history.tsv"), engine.history)
+            save_torch({k: v.cpu() for k, v in model.encoder_state_dict().items()}, out_path)
+            shutil.rmtree(state_dir, ignore_errors=True)
+        distributed.barrier()
+    return {"epochs": cfg.epochs, "num_images": len(relpaths), "final_loss": engine.history[-1]["train_loss"],
+            "world_size": env.world_size, "effective_batch": effective_batch}
 
 
 def load_mae_config(path) -> MAEConfig:

@@ -2,8 +2,17 @@ import os
 
 from snakemake.utils import validate
 
-from webfg.cluster import ResourceError, check_fits, job_geometry, parse_sinfo
-from webfg.config import MAEConfig, ModelConfig
+from webfg.cluster import (
+    ResourceError,
+    check_fits,
+    check_local_gpus,
+    check_workers,
+    job_geometry,
+    job_threads,
+    parse_sinfo,
+)
+from webfg.config import MAEConfig, ModelConfig, check_pretrain_matches
+from webfg.gpuslots import machine_gpus
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -29,13 +38,22 @@ def check_config():
         except ValueError as e:
             raise ConfigError(f"config: {e}") from None
         try:
-            model_resources(name)
+            check_workers(
+                entry.get("num_workers"), model_resources(name), f"models.{name}"
+            )
         except ResourceError as e:
             raise ConfigError(f"config {e}") from None
         check_pretrained_file(name)
     for name in PRETRAIN:
         try:
             MAEConfig.from_dict(pretrain_params(name), where=f"pretrain.{name}")
+            check_workers(
+                PRETRAIN[name].get("num_workers"),
+                pretrain_resources(name),
+                f"pretrain.{name}",
+            )
+        except ResourceError as e:
+            raise ConfigError(f"config {e}") from None
         except (ValueError, TypeError) as e:
             raise ConfigError(f"config: {e}") from None
         for s in PRETRAIN[name]["splits"]:
@@ -90,9 +108,26 @@ def model_resources(model):
     return job_geometry(MODELS[model].get("resources", {}), f"models.{model}.resources")
 
 
-def entry_resources(entry):
-    """A model's or pretrain entry's executor resources, defaults filled in."""
-    return {"gpus": 0, "mem_mb": 4000, "runtime": 120, **entry.get("resources", {})}
+def pretrain_resources(name):
+    """pretrain.<name>.resources with defaults, plus the job geometry (as a model's)."""
+    return job_geometry(
+        PRETRAIN[name].get("resources", {}), f"pretrain.{name}.resources"
+    )
+
+
+def model_threads(model):
+    """A training job's threads: all cores on the CPU, its CPUs per GPU x GPUs otherwise."""
+    return job_threads(model_resources(model), workflow.cores)
+
+
+def infer_threads(model):
+    """Inference uses one GPU: one GPU's CPUs (all cores on the CPU)."""
+    r = model_resources(model)
+    return job_threads({**r, "tasks_per_node": 1}, workflow.cores)
+
+
+def pretrain_threads(name):
+    return job_threads(pretrain_resources(name), workflow.cores)
 
 
 def pretrain_params(name):
@@ -111,11 +146,15 @@ def check_pretrained_file(model):
             f"config models.{model}.pretrained_file: {path!r} is made by no pretrain entry "
             f"(pretrain: {sorted(PRETRAIN)}; expected results/pretrain/<name>.pth)"
         )
-    if PRETRAIN[name]["arch"] != MODELS[model]["arch"]:
-        raise ConfigError(
-            f"config models.{model}.arch: {MODELS[model]['arch']!r} is not the arch "
-            f"{PRETRAIN[name]['arch']!r} of pretrain.{name}, its pretrained_file"
+    try:
+        check_pretrain_matches(
+            ModelConfig.from_dict(model_params(model)),
+            MAEConfig.from_dict(pretrain_params(name)),
+            f"models.{model}",
+            f"pretrain.{name}",
         )
+    except ValueError as e:
+        raise ConfigError(f"config {e}") from None
 
 
 def infer_mem_mb(model):
@@ -128,6 +167,30 @@ onstart:
     # Slurm would reject or pend forever, naming the model and the key to change
     if getattr(workflow.executor_plugin, "name", None) == "slurm":
         check_slurm_requests()
+    else:
+        check_gpus_of_this_machine()
+
+
+def check_gpus_of_this_machine():
+    """Outside Slurm, a GPU request on a machine without (enough) GPUs waits forever or
+    trains on the CPU: refuse it before any job starts (the CPU demo says gpus: 0)."""
+    requests = {
+        f"models.{m}.resources.gpus": model_resources(m)["tasks_per_node"]
+        for rnd in ROUNDS
+        for m in config["rounds"][rnd]["models"]
+        if model_resources(m)["gpus"]
+    }
+    requests.update(
+        {
+            f"pretrain.{n}.resources.gpus": pretrain_resources(n)["tasks_per_node"]
+            for n in PRETRAIN
+            if pretrain_resources(n)["gpus"]
+        }
+    )
+    try:
+        check_local_gpus(requests, machine_gpus())
+    except ResourceError as e:
+        raise ConfigError(f"config {e}") from None
 
 
 def check_slurm_requests():

@@ -15,7 +15,7 @@ rule infer_probs:
         "benchmarks/{round}/infer/{model}.tsv"
     conda:
         "../../envs/webfg.yaml"
-    threads: workflow.cores
+    threads: lambda w: infer_threads(w.model)
     resources:
         gpu=lambda w: min(1, model_resources(w.model)["gpus"]),
         cpus_per_task=lambda w: model_resources(w.model)["cpus_per_task"],
@@ -41,7 +41,7 @@ rule score_train:
         "benchmarks/{round}/infer/{model}.train.tsv"
     conda:
         "../../envs/webfg.yaml"
-    threads: workflow.cores
+    threads: lambda w: infer_threads(w.model)
     resources:
         gpu=lambda w: min(1, model_resources(w.model)["gpus"]),
         cpus_per_task=lambda w: model_resources(w.model)["cpus_per_task"],

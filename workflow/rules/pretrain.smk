@@ -18,11 +18,16 @@ rule pretrain_mae:
         name="|".join(PRETRAIN) or "(?!)",
     conda:
         "../../envs/webfg.yaml"
-    threads: workflow.cores
+    threads: lambda w: pretrain_threads(w.name)
+    # as train_model: one process per GPU (srun / torchrun), its own GPU slots on one machine
     resources:
-        gpu=lambda w: entry_resources(PRETRAIN[w.name])["gpus"],
-        mem_mb=lambda w: entry_resources(PRETRAIN[w.name])["mem_mb"],
-        runtime=lambda w: entry_resources(PRETRAIN[w.name])["runtime"],
+        gpu=lambda w: pretrain_resources(w.name)["gpus"],
+        nodes=lambda w: pretrain_resources(w.name)["nodes"],
+        tasks_per_node=lambda w: pretrain_resources(w.name)["tasks_per_node"],
+        mpi=lambda w: "srun" if pretrain_resources(w.name)["tasks_per_node"] > 1 else "",
+        cpus_per_task=lambda w: pretrain_resources(w.name)["cpus_per_task"],
+        mem_mb=lambda w: pretrain_resources(w.name)["mem_mb"],
+        runtime=lambda w, attempt: pretrain_resources(w.name)["runtime"] * attempt,
     params:
         root=DATA_ROOT,
         mae=lambda w: pretrain_params(w.name),

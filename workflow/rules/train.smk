@@ -34,7 +34,7 @@ rule train_model:
         "benchmarks/{round}/train/{model}.tsv"
     conda:
         "../../envs/webfg.yaml"
-    threads: workflow.cores
+    threads: lambda w: model_threads(w.model)
     # models.<name>.resources -> the Slurm request (profiles/slurm) or the local --resources
     # gpu=N budget. One process per GPU: gpus over nodes, tasks_per_node per node, each with
     # cpus_per_task CPUs; scripts/train_model.py starts them (srun / torchrun / in-process).

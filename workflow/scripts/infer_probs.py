@@ -5,7 +5,7 @@ sys.stderr = open(snakemake.log[0], "w")
 
 from pathlib import Path
 
-from webfg.infer import infer_splits
+from webfg.gpuslots import gpu_slots
 from webfg.io import log_to_stderr, read_split_list
 
 val = read_split_list(snakemake.input.val)
@@ -16,12 +16,16 @@ for name, listing in zip([s for s in snakemake.params.splits if s != "val"], sna
     splits[name] = ([r[0] for r in rows] if name == "train" else rows, out_dir / name)
 if "val" in snakemake.params.splits:
     splits["val"] = (None, out_dir / "val")
-infer_splits(
-    snakemake.input.model,
-    snakemake.params.root,
-    val,
-    splits,
-    model_name=f"{snakemake.wildcards.round}/{snakemake.wildcards.model}",
-    threads=snakemake.threads,
-    log=log_to_stderr,
-)
+# a GPU of its own (CUDA_VISIBLE_DEVICES) before torch is imported
+with gpu_slots(snakemake.resources.gpu, log=log_to_stderr):
+    from webfg.infer import infer_splits
+
+    infer_splits(
+        snakemake.input.model,
+        snakemake.params.root,
+        val,
+        splits,
+        model_name=f"{snakemake.wildcards.round}/{snakemake.wildcards.model}",
+        threads=snakemake.threads,
+        log=log_to_stderr,
+    )

@@ -1,4 +1,5 @@
-"""Train one model: in this process, or as one process per GPU (srun in a Slurm job, torchrun here)."""
+"""Train one model: in this process, or as one process per GPU (srun in a Slurm job, torchrun here),
+on GPU slots of its own when jobs share a machine (webfg.gpuslots)."""
 import sys
 
 sys.stderr = open(snakemake.log[0], "w")
@@ -8,6 +9,8 @@ import shlex
 import subprocess
 
 from webfg.cluster import launch_command
+from webfg.gpuslots import gpu_slots
+from webfg.io import log_to_stderr
 
 res = snakemake.resources
 argv = [
@@ -23,25 +26,27 @@ argv = [
     "--threads", str(res.cpus_per_task * res.tasks_per_node),
 ]
 cmd = launch_command(argv, res.nodes, res.tasks_per_node, res.cpus_per_task, res.gpu > 0)
-if cmd is None:
-    from webfg.config import ModelConfig
-    from webfg.io import log_to_stderr, read_json
-    from webfg.train import train
+# the GPUs are chosen (CUDA_VISIBLE_DEVICES) before torch is imported or torchrun started
+with gpu_slots(res.gpu // res.nodes, log=log_to_stderr):
+    if cmd is None:
+        from webfg.config import ModelConfig
+        from webfg.io import read_json
+        from webfg.train import train
 
-    cfg = ModelConfig.from_dict(snakemake.params.model, where=f"models.{snakemake.wildcards.model}")
-    train(
-        cfg,
-        snakemake.params.root,
-        snakemake.input.train,
-        snakemake.input.val,
-        read_json(snakemake.input.stats)["num_classes"],
-        snakemake.output.model,
-        state_dir=snakemake.params.state_dir,
-        threads=snakemake.threads,
-        log=log_to_stderr,
-    )
-else:
-    print(f"launch: {shlex.join(cmd)}", file=sys.stderr, flush=True)
-    rc = subprocess.run(cmd, stdout=sys.stderr, stderr=subprocess.STDOUT).returncode
-    if rc:
-        sys.exit(f"training of {snakemake.wildcards.round}/{snakemake.wildcards.model} exited with status {rc}")
+        cfg = ModelConfig.from_dict(snakemake.params.model, where=f"models.{snakemake.wildcards.model}")
+        train(
+            cfg,
+            snakemake.params.root,
+            snakemake.input.train,
+            snakemake.input.val,
+            read_json(snakemake.input.stats)["num_classes"],
+            snakemake.output.model,
+            state_dir=snakemake.params.state_dir,
+            threads=snakemake.threads,
+            log=log_to_stderr,
+        )
+    else:
+        print(f"launch: {shlex.join(cmd)}", file=sys.stderr, flush=True)
+        rc = subprocess.run(cmd, stdout=sys.stderr, stderr=subprocess.STDOUT).returncode
+        if rc:
+            sys.exit(f"training of {snakemake.wildcards.round}/{snakemake.wildcards.model} exited with status {rc}")
