@@ -62,11 +62,16 @@ def unlistable(name: str) -> str | None:
     return None
 
 
+SYSTEM_FILES = {"thumbs.db": "Windows thumbnail cache", "ehthumbs.db": "Windows thumbnail cache",
+                "desktop.ini": "Windows folder settings"}
+
+
 def image_files(folder: Path) -> list[Path]:
-    """The files directly in ``folder`` that are read as images (not hidden files, nor
-    names a split list cannot hold)."""
+    """The files directly in ``folder`` that are read as images (not hidden files, not the
+    system's Thumbs.db/desktop.ini, nor names a split list cannot hold)."""
     return sorted(f for f in folder.iterdir()
-                  if f.is_file() and not is_hidden(f.name) and not unlistable(f.name))
+                  if f.is_file() and not is_hidden(f.name) and f.name.lower() not in SYSTEM_FILES
+                  and not unlistable(f.name))
 
 
 def shown(path: Path, root: Path) -> str:
@@ -95,6 +100,8 @@ def unread_files(root: Path, folder: Path, why_nested: str) -> list[tuple[str, s
                                     f"link to a folder, not followed; {why_nested}"))
         elif is_hidden(entry.name):
             out.append((rel, "hidden file, not read"))
+        elif entry.name.lower() in SYSTEM_FILES:
+            out.append((rel, f"{SYSTEM_FILES[entry.name.lower()]} ({entry.name}), not an image"))
         elif unlistable(entry.name):
             out.append((rel, unlistable(entry.name)))
         elif not entry.is_file():

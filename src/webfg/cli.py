@@ -170,14 +170,13 @@ def _init(a):
 def _status(a):
     from pathlib import Path
 
-    import yaml
-
+    from webfg.io import read_yaml
     from webfg.status import collect_status, format_status
 
     path = Path(a.configfile)
     if not path.is_file():
         raise InputError(f"{path}: config file not found (pass --configfile)")
-    config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    config = read_yaml(path)
     if not isinstance(config, dict) or not {"data", "models", "rounds"} <= set(config):
         raise InputError(f"{path}: not a webfg config (expected the keys data, models, rounds)")
     print(format_status(collect_status(config, a.directory)))

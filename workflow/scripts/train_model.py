@@ -1,7 +1,9 @@
 """Train one model: in this process, or as one process per GPU (srun in a Slurm job, torchrun here)."""
 import sys
 
-sys.stderr = open(snakemake.log[0], "w")
+from webfg.io import rule_script
+
+rule_script(snakemake)  # stderr to the log; input errors end the job with one line
 
 import json
 import shlex
