@@ -60,19 +60,39 @@ def decode_error(data: bytes) -> str | None:
                 im.load()
                 to_rgb(im)
             except Exception as e:  # PIL raises many types for broken files
-                text = str(e)
-                if "truncated" in text or isinstance(e, EOFError) or "premature end" in text.lower():
+                if _is_truncation(e):
                     return f"truncated {fmt}: the file ends at byte {len(data)} before the image data does"
-                return f"broken {fmt}: {_stable(type(e).__name__ + ': ' + text)}"
+                return f"broken {fmt}: {_stable(type(e).__name__ + ': ' + str(e))}"
     except UnidentifiedImageError:
         return _what_it_is(data)
     except Exception as e:  # header parse errors (SyntaxError, OSError, DecompressionBombError...)
-        return f"broken image header: {_stable(type(e).__name__ + ': ' + str(e))}"
+        fmt = _format_by_magic(data) or "image"
+        if _is_truncation(e):
+            return f"truncated or damaged {fmt}: its header does not parse (the file ends at byte {len(data)})"
+        return f"broken {fmt} header: {_stable(type(e).__name__ + ': ' + str(e))}"
     return None
+
+
+MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF87a": "GIF", b"GIF89a": "GIF",
+         b"BM": "BMP", b"II*\0": "TIFF", b"MM\0*": "TIFF"}
+
+
+def _format_by_magic(data: bytes) -> str | None:
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    return next((fmt for magic, fmt in MAGIC.items() if data.startswith(magic)), None)
+
+
+def _is_truncation(e: Exception) -> bool:
+    text = str(e).lower()
+    return isinstance(e, EOFError) or "truncated" in text or "premature end" in text or "buffer is not large" in text
 
 
 def _what_it_is(data: bytes) -> str:
     """A not-image file described by its content."""
+    fmt = _format_by_magic(data)
+    if fmt:  # an image format's signature, then too little to go on
+        return f"truncated or damaged {fmt}: its header does not parse (the file ends at byte {len(data)})"
     head = data[:512].lstrip()
     lower = head.lower()
     if lower.startswith((b"<!doctype html", b"<html", b"<head", b"<body")) or b"<html" in lower:

@@ -218,9 +218,10 @@ def read_yaml(path: str | os.PathLike):
     class UniqueKeyLoader(yaml.SafeLoader):
         def construct_mapping(self, node, deep=False):
             if isinstance(node, yaml.MappingNode):
-                self.flatten_mapping(node)
                 first_line = {}
-                for key_node, _ in node.value:
+                for key_node, _ in node.value:  # the mapping's own keys: a `<<` merge may be overridden
+                    if key_node.tag == "tag:yaml.org,2002:merge":
+                        continue
                     key = self.construct_object(key_node, deep=True)
                     try:
                         seen = key in first_line
