@@ -140,7 +140,7 @@ def test_class_folders_named_by_words_get_ids_in_sorted_order(tmp_path):
     make_tree(tmp_path / "numeric")
     write_class_list(tmp_path / "numeric", tmp_path / "ids/classes.tsv")
     assert read_classes(tmp_path / "ids/classes.tsv") == ["0000", "0001", "0002"]
-    with pytest.raises(InputError, match="3 class folders, data.num_classes is 4"):
+    with pytest.raises(InputError, match=r"empty class\(es\) \[3\] \(no images\) \(data.num_classes is 4\)"):
         write_class_list(tmp_path / "numeric", tmp_path / "x.tsv", num_classes=4)
     (out / "classes.tsv").write_text("id\tname\n0\tant\n2\tzebra\n")
     with pytest.raises(InputError, match=r"classes.tsv:3: expected '1<TAB><name>'"):

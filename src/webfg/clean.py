@@ -15,14 +15,15 @@ implausible are removed.
 from __future__ import annotations
 
 import hashlib
-import io
+import os
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from webfg.io import InputError, read_split_list, write_split_list, write_text
+from webfg.images import decode_error
+from webfg.io import InputError, read_split_lines, read_split_list, write_split_list, write_text
 from webfg.progress import progress
 
 DUPLICATE_OF = "duplicate of "  # removed.tsv reason prefix, followed by the kept path
@@ -31,59 +32,195 @@ DUPLICATE_OF = "duplicate of "  # removed.tsv reason prefix, followed by the kep
 def class_ids(names: list[str], where: Path) -> dict[str, int]:
     """Class folder name → id: integer names are their own ids (the ACCV layout); folders
     named by words are numbered 0..C-1 in sorted order. A mix of both is refused."""
-    numeric = [n for n in names if n.isdigit()]
-    if len(numeric) == len(names):
-        return {n: int(n) for n in names}
-    if numeric:
-        words = [n for n in names if not n.isdigit()]
+    numeric = [n for n in names if n.isascii() and n.isdigit()]
+    if numeric and len(numeric) < len(names):
+        words = [n for n in names if n not in set(numeric)]
         raise InputError(f"{where}: class folders mix integer ids ({numeric[0]}, ...) and names "
                          f"({words[0]}, ...); expected all ids (0000, 0001, ...) or all names")
+    if numeric:
+        first = {}
+        for n in sorted(names):
+            if int(n) in first:
+                raise InputError(f"{where}: class folders {first[int(n)]} and {n} are both id {int(n)}")
+            first[int(n)] = n
+        return {n: int(n) for n in names}
     return {n: i for i, n in enumerate(sorted(names))}
 
 
+def is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def unlistable(name: str) -> str | None:
+    """Why a file name cannot go into a split list (one path a line, UTF-8), or None."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "name is not UTF-8, cannot be listed; rename it"
+    if any(ord(c) < 32 or c == "\x7f" for c in name) or "\\" in name:
+        return "name holds a line break, tab, control character or backslash, cannot be listed; rename it"
+    return None
+
+
+SYSTEM_FILES = {"thumbs.db": "Windows thumbnail cache", "ehthumbs.db": "Windows thumbnail cache",
+                "desktop.ini": "Windows folder settings"}
+
+
 def image_files(folder: Path) -> list[Path]:
-    return sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith("."))
+    """The files directly in ``folder`` that are read as images (not hidden files, not the
+    system's Thumbs.db/desktop.ini, nor names a split list cannot hold)."""
+    return sorted(f for f in folder.iterdir()
+                  if f.is_file() and not is_hidden(f.name) and f.name.lower() not in SYSTEM_FILES
+                  and not unlistable(f.name))
 
 
-def scan_train(root: Path) -> tuple[list[tuple[str, int]], dict[str, int]]:
-    """``train/<class>/<file>`` → ([(relpath, id)] sorted, {folder name: id}).
-    Every class folder must hold a file."""
+def shown(path: Path, root: Path) -> str:
+    """A relpath as removed.tsv can hold it (odd names escaped)."""
+    rel = path.relative_to(root).as_posix()
+    return rel if not unlistable(path.name) else ascii(rel)
+
+
+def unread_files(root: Path, folder: Path, why_nested: str) -> list[tuple[str, str]]:
+    """(relpath, reason) for what ``folder`` holds that is not read: hidden files, and every
+    file in a sub-folder (which is not followed when it is a link)."""
+    out = []
+    for entry in sorted(folder.iterdir()):
+        rel = shown(entry, root)
+        if entry.is_dir():
+            if entry.is_symlink():
+                out.append((rel + "/", f"link to a folder, not followed; {why_nested}"))
+                continue
+            for dirpath, dirnames, filenames in sorted(os.walk(entry)):
+                dirnames.sort()
+                for name in sorted(filenames):
+                    out.append((shown(Path(dirpath) / name, root), f"in sub-folder {rel}/: {why_nested}"))
+                for name in dirnames:
+                    if (Path(dirpath) / name).is_symlink():
+                        out.append((shown(Path(dirpath) / name, root) + "/",
+                                    f"link to a folder, not followed; {why_nested}"))
+        elif is_hidden(entry.name):
+            out.append((rel, "hidden file, not read"))
+        elif entry.name.lower() in SYSTEM_FILES:
+            out.append((rel, f"{SYSTEM_FILES[entry.name.lower()]} ({entry.name}), not an image"))
+        elif unlistable(entry.name):
+            out.append((rel, unlistable(entry.name)))
+        elif not entry.is_file():
+            out.append((rel, "not a regular file (a broken link or a device), not read"))
+    return out
+
+
+@dataclass
+class TrainTree:
+    """What clean_split and class_list read from the data root, validated once.
+
+    ``samples`` are [(relpath, id)] in the order listed (sorted for a scanned tree);
+    ``names`` the class names by id; ``dropped`` [(relpath, reason)] for everything in
+    train/ that is not a sample (loose files, sub-folders, hidden files): nothing the
+    user put in the tree vanishes without a line in removed.tsv.
+    """
+
+    samples: list[tuple[str, int]]
+    names: list[str]
+    dropped: list[tuple[str, str]]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+
+def scan_tree(root, num_classes: int | None = None, meta_all=None) -> TrainTree:
+    """The training samples of ``root`` (from ``train/<class>/`` or the ``meta_all`` list),
+    their classes and what is not read; every layout problem raises InputError."""
+    root = Path(root)
+    if meta_all:
+        lines = read_split_lines(meta_all, num_classes)
+        if not lines:
+            raise InputError(f"{meta_all}: no samples (empty list); expected lines '<path relative to train/> <label>'")
+        first_line: dict[str, int] = {}
+        for lineno, relpath, _ in lines:
+            if relpath in first_line:
+                raise InputError(f"{meta_all}:{lineno}: {relpath} is listed again (first at line "
+                                 f"{first_line[relpath]}); each image once, with one label")
+            first_line[relpath] = lineno
+        samples = [("train/" + p, y) for _, p, y in lines]
+        line_of_label = {}
+        for lineno, _, y in lines:
+            line_of_label.setdefault(y, lineno)
+        C = check_class_ids({y: f"{meta_all}:{n}" for y, n in line_of_label.items()}, num_classes, str(meta_all))
+        return TrainTree(samples, [f"{c:04d}" for c in range(C)], [])
+
     train = root / "train"
     if not train.is_dir():
         raise InputError(f"{train}: no train/ folder (expected train/<class id>/<image>)")
-    folders = sorted(p for p in train.iterdir() if p.is_dir() and not p.name.startswith("."))
+    entries = sorted(train.iterdir())
+    folders = [p for p in entries if p.is_dir() and not is_hidden(p.name) and not unlistable(p.name)]
     if not folders:
-        raise InputError(f"{train}: no class folders")
+        raise InputError(f"{train}: no class folders (expected train/<class id>/<image>)")
+    dropped = []
+    for entry in entries:
+        if entry in folders:
+            continue
+        rel = shown(entry, root)
+        if unlistable(entry.name):
+            dropped.append((rel, unlistable(entry.name)))
+        elif entry.is_dir():
+            dropped.append((rel + "/", "hidden folder, not read"))
+        elif is_hidden(entry.name):
+            dropped.append((rel, "hidden file, not read"))
+        else:
+            dropped.append((rel, "directly in train/, not in a class folder: no label"))
     ids = class_ids([p.name for p in folders], train)
+    C = check_class_ids({i: str(train / n) for n, i in ids.items()}, num_classes, str(train))
     samples = []
     for class_dir in folders:
         files = image_files(class_dir)
+        unread = unread_files(root, class_dir, f"images belong directly in train/{class_dir.name}/")
         if not files:
-            raise InputError(f"{class_dir}: empty class (no image files)")
+            extra = f"; not read: {unread[0][0]} ({unread[0][1]})" if unread else ""
+            raise InputError(f"{class_dir}: empty class (no image files{extra})")
         samples += [(f.relative_to(root).as_posix(), ids[class_dir.name]) for f in files]
-    return sorted(samples), ids
+        dropped += unread
+    return TrainTree(sorted(samples), sorted(ids, key=ids.get), dropped)
 
 
-def scan_test_split(root: Path, split: str) -> list[str]:
-    """Flat folder of a test split → sorted relpaths; an empty or missing split is an error."""
+def check_class_ids(where_of: dict[int, str], num_classes: int | None, source: str) -> int:
+    """The class count of the ids ``where_of`` (id → where it is used): ids must be
+    0..C-1, every one used (C = ``num_classes``, or the largest id + 1). Builds nothing of
+    size C, so a 23-digit id costs nothing."""
+    top = max(where_of)
+    if num_classes is not None and top >= num_classes:
+        raise InputError(f"{where_of[top]}: class id {top} out of range [0, {num_classes}) (data.num_classes)")
+    count = top + 1 if num_classes is None else num_classes
+    if len(where_of) < count:
+        missing = []
+        c = 0
+        while len(missing) < 10 and c < count:
+            if c not in where_of:
+                missing.append(c)
+            c += 1
+        implied = (f" (data.num_classes is {num_classes})" if num_classes is not None else
+                   f"; the largest id {top} ({where_of[top]}) implies {count} classes")
+        raise InputError(f"{source}: {count - len(where_of)} empty class(es) {missing}{', ...' if count - len(where_of) > 10 else ''} "
+                         f"(no images){implied}; expected ids 0..{count - 1}, each with images")
+    return count
+
+
+def scan_test_split(root: Path, split: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """Flat folder of a test split → (sorted relpaths, [(relpath, reason)] not read); an empty
+    or missing split, or an image that links out of the data root, is an error."""
     folder = root / split
     if not folder.is_dir():
         raise InputError(f"{folder}: test split folder not found")
-    files = [f.relative_to(root).as_posix() for f in image_files(folder)]
+    files = image_files(folder)
     if not files:
         raise InputError(f"{folder}: test split has no images")
-    return files
-
-
-def decode_error(data: bytes) -> str | None:
-    """Why these bytes are not a usable image, or None. Decodes fully (catches truncation)."""
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            im.convert("RGB")
-    except Exception as e:  # PIL raises many types for broken files
-        return f"{type(e).__name__}: {e}".replace("\t", " ").replace("\n", " ")
-    return None
+    real_root = root.resolve()
+    for f in files:
+        if not f.resolve().is_relative_to(real_root):
+            raise InputError(f"{f}: links out of the data root (to {f.resolve()}); every test image "
+                             "must lie inside it")
+    unread = unread_files(root, folder, f"test split {split} is one flat folder; not predicted")
+    return [f.relative_to(root).as_posix() for f in files], unread
 
 
 def clean_split(
@@ -99,33 +236,27 @@ def clean_split(
 ) -> dict:
     """Write all.txt, train.txt, val.txt, removed.tsv and <split>.txt per test split.
 
-    Undecodable images and exact duplicates (same bytes) are removed; a duplicate
-    carrying two different labels is removed entirely, as neither label can be trusted.
-    Returns counts for the log and the report.
+    Undecodable images, images linked from outside the data root and exact duplicates
+    (same bytes) are removed; a duplicate carrying two different labels is removed
+    entirely, as neither label can be trusted. A class left without any image stops
+    the run (naming why its files went). Everything is checked before anything is
+    written. Returns counts for the log and the report.
     """
     root, out_dir = Path(root), Path(out_dir)
-    if meta_all:
-        listed = read_split_list(meta_all, num_classes)
-        samples = [("train/" + p, y) for p, y in listed]
-    else:
-        samples, _ = scan_train(root)
-    labels = [y for _, y in samples]
-    if num_classes is None:
-        num_classes = max(labels) + 1
-    elif max(labels) >= num_classes:
-        bad = next(p for p, y in samples if y >= num_classes)
-        raise InputError(f"{root / bad}: class id {max(labels)} out of range [0, {num_classes}) (data.num_classes)")
-    present = set(labels)
-    missing = [c for c in range(num_classes) if c not in present]
-    if missing:
-        raise InputError(f"{root / 'train'}: empty class(es) {missing[:10]} (no images); "
-                         f"expected ids 0..{num_classes - 1}")
+    tree = scan_tree(root, num_classes, meta_all)
+    samples, num_classes = tree.samples, tree.num_classes
+    tests = {s: scan_test_split(root, s) for s in test_splits}
 
-    removed: list[tuple[str, str]] = []
+    removed: list[tuple[str, str]] = list(tree.dropped)
+    real_root = root.resolve()
     by_hash: dict[str, list[tuple[str, int]]] = defaultdict(list)
     for relpath, label in progress(samples, desc="clean_split: decode train", unit="img"):
         path = root / relpath
         try:
+            real = path.resolve()
+            if not real.is_relative_to(real_root):
+                removed.append((relpath, f"links out of the data root (to {real}): not used"))
+                continue
             data = path.read_bytes()
         except OSError as e:
             removed.append((relpath, f"unreadable: {e.strerror}"))
@@ -146,6 +277,7 @@ def clean_split(
         kept.append(first)
         removed += [(p, f"{DUPLICATE_OF}{first[0]}") for p, _ in group[1:]]
     kept.sort()
+    check_every_class_kept(kept, samples, removed, tree.names, meta_all or root / "train")
 
     rng = np.random.default_rng(seed)
     per_class: dict[int, list[str]] = defaultdict(list)
@@ -158,45 +290,50 @@ def clean_split(
         n_val = min(max(val_min_per_class, round(val_fraction * len(paths))), len(paths) - 1)
         val += [(paths[i], label) for i in order[:n_val]]
         train += [(paths[i], label) for i in order[n_val:]]
-    empty_after = sorted(set(range(num_classes)) - {y for _, y in train})
-    if empty_after:
-        log(f"warning: classes {empty_after[:10]} have no training image left after cleaning")
 
-    tests = {s: scan_test_split(root, s) for s in test_splits}
-    for split, relpaths in tests.items():
+    for split, (relpaths, _) in tests.items():
         for relpath in progress(relpaths, desc=f"clean_split: decode {split}", unit="img"):
             err = decode_error((root / relpath).read_bytes())
             if err:
-                raise InputError(f"{root / relpath}: unreadable test image ({err})")
+                raise InputError(f"{root / relpath}: unreadable test image ({err}); every test image must decode")
+    for _, unread in tests.values():
+        removed += unread
 
     write_split_list(out_dir / "all.txt", samples)
     write_split_list(out_dir / "train.txt", sorted(train))
     write_split_list(out_dir / "val.txt", sorted(val))
     write_removed(out_dir / "removed.tsv", removed)
-    for split, relpaths in tests.items():
+    for split, (relpaths, _) in tests.items():
         write_split_list(out_dir / f"{split}.txt", relpaths)
     stats = {"found": len(samples), "train": len(train), "val": len(val), "removed": len(removed),
-             "num_classes": num_classes, **{f"num_{s}": len(r) for s, r in tests.items()}}
+             "num_classes": num_classes, **{f"num_{s}": len(r) for s, (r, _) in tests.items()}}
     log(" ".join(f"{k}={v}" for k, v in stats.items()))
     return stats
+
+
+def check_every_class_kept(kept, samples, removed, names, source) -> None:
+    """A class whose every image was removed would train an empty head: stop, naming the
+    class and why its files went."""
+    left = {y for _, y in kept}
+    empty = [c for c in range(len(names)) if c not in left]
+    if not empty:
+        return
+    reason = dict(removed)
+    parts = []
+    for c in empty[:3]:
+        files = [p for p, y in samples if y == c]
+        why = "; ".join(f"{p}: {reason.get(p, 'removed')}" for p in files[:3])
+        parts.append(f"class {c} ({names[c]}): all {len(files)} image(s) removed ({why}"
+                     + (", ..." if len(files) > 3 else "") + ")")
+    raise InputError(f"{source}: {len(empty)} class(es) left without any usable image, nothing written: "
+                     + " | ".join(parts) + (" | ..." if len(empty) > 3 else ""))
 
 
 def write_class_list(root, path, num_classes: int | None = None, meta_all=None) -> list[str]:
     """``id<TAB>name`` for every class: the class folder's name (ids as clean_split gives
     them), or the 4-digit id when the classes come from a meta list. The submission maps
     ids back to names with it."""
-    if meta_all:
-        labels = [y for _, y in read_split_list(meta_all, num_classes)]
-        names = [f"{c:04d}" for c in range(num_classes or max(labels) + 1)]
-    else:
-        train = Path(root) / "train"
-        if not train.is_dir():
-            raise InputError(f"{train}: no train/ folder (expected train/<class id>/<image>)")
-        folders = [p.name for p in train.iterdir() if p.is_dir() and not p.name.startswith(".")]
-        ids = class_ids(folders, train)
-        names = sorted(ids, key=ids.get)
-        if num_classes is not None and len(names) != num_classes:
-            raise InputError(f"{train}: {len(names)} class folders, data.num_classes is {num_classes}")
+    names = scan_tree(root, num_classes, meta_all).names
     write_text(path, "id\tname\n" + "".join(f"{c}\t{n}\n" for c, n in enumerate(names)))
     return names
 

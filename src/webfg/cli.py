@@ -182,14 +182,13 @@ def _status(a):
     import time
     from pathlib import Path
 
-    import yaml
-
+    from webfg.io import read_yaml
     from webfg.status import collect_status, format_status, running_lines
 
     path = Path(a.configfile)
     if not path.is_file():
         raise InputError(f"{path}: config file not found (pass --configfile)")
-    config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    config = read_yaml(path)
     if not isinstance(config, dict) or not {"data", "models", "rounds"} <= set(config):
         raise InputError(f"{path}: not a webfg config (expected the keys data, models, rounds)")
     if a.watch is None:

@@ -1,5 +1,6 @@
-"""Per-model configuration: strict (unknown keys and wrong types fail), torch-free so the
-workflow can validate every model at parse time without importing torch."""
+"""Per-model configuration: strict (unknown keys, missing keys and wrong types fail with an
+InputError naming the key), torch-free so the workflow can validate every model at parse
+time without importing torch (``check_arch`` alone imports timm)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
+
+from webfg.io import InputError
 
 
 @dataclass
@@ -62,14 +65,14 @@ class ModelConfig:
     def from_dict(cls, d: dict, where: str = "model config") -> "ModelConfig":
         cfg = cls(**_checked_fields(cls, d, where))
         if cfg.head not in ("linear", "arcface"):
-            raise ValueError(f"{where}.head: {cfg.head!r} is not one of ['arcface', 'linear']")
+            raise InputError(f"{where}.head: {cfg.head!r} is not one of ['arcface', 'linear']")
         if cfg.precision not in PRECISIONS:
-            raise ValueError(f"{where}.precision: {cfg.precision!r} is not one of {list(PRECISIONS)}")
+            raise InputError(f"{where}.precision: {cfg.precision!r} is not one of {list(PRECISIONS)}")
         for key in ("epochs", "batch_size", "grad_accum", "soup_last"):
             if getattr(cfg, key) < 1:
-                raise ValueError(f"{where}.{key}: must be at least 1, got {getattr(cfg, key)}")
+                raise InputError(f"{where}.{key}: must be at least 1, got {getattr(cfg, key)}")
         if cfg.global_batch_size is not None and cfg.global_batch_size % cfg.batch_size:
-            raise ValueError(f"{where}.global_batch_size: {cfg.global_batch_size} is not a multiple of "
+            raise InputError(f"{where}.global_batch_size: {cfg.global_batch_size} is not a multiple of "
                              f"batch_size {cfg.batch_size}")
         return cfg
 
@@ -79,6 +82,20 @@ class ModelConfig:
     def learning_dict(self) -> dict:
         """The fields that change what is learned (the runtime knobs removed)."""
         return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+
+
+def check_arch(arch: str, where: str) -> None:
+    """An architecture timm does not know fails here, at parse time, with its close
+    matches, rather than when its job starts (imports timm, hence torch: a few seconds)."""
+    import difflib
+
+    import timm
+
+    if timm.is_model(arch):
+        return
+    close = difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.6)
+    hint = f"; close matches: {', '.join(close)}" if close else "; see timm.list_models()"
+    raise InputError(f"{where}.arch: {arch!r} is not a timm model (timm {timm.__version__}){hint}")
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -127,14 +144,14 @@ class MAEConfig:
     def from_dict(cls, d: dict, where: str = "pretrain config") -> "MAEConfig":
         cfg = cls(**_checked_fields(cls, d, where))
         if not 0 < cfg.mask_ratio < 1:
-            raise ValueError(f"{where}.mask_ratio: {cfg.mask_ratio} must lie strictly between 0 and 1")
+            raise InputError(f"{where}.mask_ratio: {cfg.mask_ratio} must lie strictly between 0 and 1")
         if cfg.precision not in PRECISIONS:
-            raise ValueError(f"{where}.precision: {cfg.precision!r} is not one of {list(PRECISIONS)}")
+            raise InputError(f"{where}.precision: {cfg.precision!r} is not one of {list(PRECISIONS)}")
         for key in ("epochs", "batch_size", "grad_accum"):
             if getattr(cfg, key) < 1:
-                raise ValueError(f"{where}.{key}: must be at least 1, got {getattr(cfg, key)}")
+                raise InputError(f"{where}.{key}: must be at least 1, got {getattr(cfg, key)}")
         if cfg.global_batch_size is not None and cfg.global_batch_size % cfg.batch_size:
-            raise ValueError(f"{where}.global_batch_size: {cfg.global_batch_size} is not a multiple of "
+            raise InputError(f"{where}.global_batch_size: {cfg.global_batch_size} is not a multiple of "
                              f"batch_size {cfg.batch_size}")
         return cfg
 
@@ -154,24 +171,31 @@ PRETRAIN_FREE_KWARGS = ("img_size", "drop_path_rate")
 def check_pretrain_matches(model: ModelConfig, mae: MAEConfig, model_where: str, mae_where: str) -> None:
     """A model fine-tuned from an MAE encoder must build the same timm architecture
     (``arch`` and ``arch_kwargs`` other than img_size/drop_path_rate), or the encoder's
-    weights would not load; the ValueError names the model's key."""
+    weights would not load; the InputError names the model's key."""
     if model.arch != mae.arch:
-        raise ValueError(f"{model_where}.arch: {model.arch!r} is not the arch {mae.arch!r} of {mae_where}, "
+        raise InputError(f"{model_where}.arch: {model.arch!r} is not the arch {mae.arch!r} of {mae_where}, "
                          "its pretrained_file")
     mine = {k: v for k, v in model.arch_kwargs.items() if k not in PRETRAIN_FREE_KWARGS}
     theirs = {k: v for k, v in mae.arch_kwargs.items() if k not in PRETRAIN_FREE_KWARGS}
     if mine != theirs:
         key = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))[0]
-        raise ValueError(f"{model_where}.arch_kwargs.{key}: {mine.get(key)!r} differs from {theirs.get(key)!r} in "
+        raise InputError(f"{model_where}.arch_kwargs.{key}: {mine.get(key)!r} differs from {theirs.get(key)!r} in "
                          f"{mae_where}.arch_kwargs, its pretrained_file (only {list(PRETRAIN_FREE_KWARGS)} may differ)")
 
 
 def _checked_fields(cls, d: dict, where: str) -> dict:
     """The fields of ``d`` checked against dataclass ``cls``: unknown keys and wrong types fail."""
+    if not isinstance(d, dict):
+        raise InputError(f"{where}: expected a mapping of settings, got {type(d).__name__} {d!r:.60}")
     known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
+    unknown = sorted(set(d) - known, key=str)
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(known)}")
+        raise InputError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(known)}")
+    required = [f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [k for k in required if k not in d]
+    if missing:
+        raise InputError(f"{where}: missing key(s) {missing}")
     hints = typing.get_type_hints(cls)
     return {key: _coerce(value, hints[key], f"{where}.{key}") for key, value in d.items()}
 
@@ -187,7 +211,7 @@ def _coerce(value, hint, where):
         origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ValueError(f"{where}: expected a list of {len(args)} numbers, got {value!r}")
+            raise InputError(f"{where}: expected a list of {len(args)} numbers, got {value!r}")
         return tuple(_coerce(v, a, where) for v, a in zip(value, args))
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
@@ -195,4 +219,4 @@ def _coerce(value, hint, where):
         return value
     if isinstance(hint, type) and isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
         return value
-    raise ValueError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
+    raise InputError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r}")

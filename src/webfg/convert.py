@@ -441,14 +441,14 @@ def head_size(conv: Converted, k: int) -> int:
 def model_config(path=None, model: str | None = None, **fields):
     """A ModelConfig from a model YAML, from ``models.<model>`` of a pipeline config, or from
     fields alone (``arch``, ``head``, ``arch_kwargs``, ``img_size``); given fields override."""
-    import yaml
-
     from webfg.config import ModelConfig
+    from webfg.io import read_yaml
 
     d, where = {}, "model config"
     if path:
-        with open(path, encoding="utf-8") as f:
-            d = yaml.safe_load(f) or {}
+        d = read_yaml(path) or {}
+        if not isinstance(d, dict):
+            raise InputError(f"{path}: expected a mapping of model settings, got {type(d).__name__}")
         where = str(path)
         if "models" in d and not model:
             raise InputError(f"{path}: a pipeline config; name the model with --model (one of {sorted(d['models'])})")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from webfg.config import ModelConfig
+from webfg.images import open_rgb
 
 
 class ImageList(torch.utils.data.Dataset):
@@ -26,8 +26,7 @@ class ImageList(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         relpath, label = self.samples[i]
-        with Image.open(self.root / relpath) as im:
-            img = im.convert("RGB")
+        img = open_rgb(self.root / relpath)
         if self.transform is not None:
             img = self.transform(img)
         return img, label

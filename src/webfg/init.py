@@ -10,6 +10,7 @@ Nothing is written when the dataset has a problem (the error lists them).
 
 from __future__ import annotations
 
+import io
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -18,7 +19,8 @@ from pathlib import Path
 import yaml
 from PIL import Image
 
-from webfg.clean import class_ids, image_files
+from webfg.clean import class_ids, image_files, unread_files
+from webfg.images import decode_error
 from webfg.io import InputError, write_text
 from webfg.progress import progress
 
@@ -63,13 +65,17 @@ class DatasetReport:
 
 
 def _probe(path: Path) -> tuple[tuple[int, int] | None, str | None]:
-    """(size, None) for an image that decodes fully, (None, why) otherwise."""
+    """(size, None) for an image that decodes fully (as clean_split and training decode
+    it), (None, why) otherwise."""
     try:
-        with Image.open(path) as im:
-            im.load()
-            return im.size, None
-    except Exception as e:  # PIL raises many types for broken files
-        return None, f"{type(e).__name__}: {e}"
+        data = path.read_bytes()
+    except OSError as e:
+        return None, f"unreadable: {e.strerror}"
+    err = decode_error(data)
+    if err:
+        return None, err
+    with Image.open(io.BytesIO(data)) as im:
+        return im.size, None
 
 
 def inspect_dataset(root, test_splits: list[str] | None = None, allow_broken_train: bool = False) -> DatasetReport:
@@ -86,10 +92,10 @@ def inspect_dataset(root, test_splits: list[str] | None = None, allow_broken_tra
     problems: list[str] = []
     warnings: list[str] = []
     folders = sorted(p for p in train.iterdir() if p.is_dir() and not p.name.startswith("."))
-    loose = [p.name for p in image_files(train)]
+    loose = [p.name for p in train.iterdir() if not p.is_dir() and not p.name.startswith(".")]
     if loose:
-        warnings.append(f"{len(loose)} file(s) directly in train/ are ignored (e.g. {loose[0]}); "
-                        "images belong in train/<class>/")
+        warnings.append(f"{len(loose)} file(s) directly in train/ have no class (e.g. {sorted(loose)[0]}): "
+                        "clean_split lists them in removed.tsv; images belong in train/<class>/")
     if not folders:
         raise InputError(f"{train}: no class folders (found {len(loose)} loose files); {expected}")
     ids = class_ids([p.name for p in folders], train)
@@ -101,8 +107,12 @@ def inspect_dataset(root, test_splits: list[str] | None = None, allow_broken_tra
     files = {n: image_files(train / n) for n in names}
     empty = [n for n in names if not files[n]]
     if empty:
-        problems.append(f"{train}: {len(empty)} empty class folder(s): {empty[:10]}")
-    counts = [len(files[n]) for n in names]
+        problems.append(f"{train}: {len(empty)} empty class folder(s): {empty[:10]} (no image files; "
+                        "Thumbs.db, desktop.ini and hidden files do not count)")
+    unread = [u for n in names for u in unread_files(root, train / n, "not read")]
+    if unread:
+        warnings.append(f"{len(unread)} file(s) in class folders are not images clean_split reads "
+                        f"(e.g. {unread[0][0]}: {unread[0][1]}); they are listed in removed.tsv")
     singles = [n for n in names if len(files[n]) == 1]
     if singles:
         warnings.append(f"{len(singles)} class(es) with a single image (no val image for them): {singles[:5]}")
@@ -112,6 +122,10 @@ def inspect_dataset(root, test_splits: list[str] | None = None, allow_broken_tra
                              if p.is_dir() and not p.name.startswith(".") and p.name not in NOT_TEST)
         if not test_splits:
             problems.append(f"{root}: no test split folder next to train/ (found {entries}); {expected}")
+        elif len(test_splits) < 2:
+            warnings.append(f"found {len(test_splits)} test split folder ({', '.join(test_splits)}); the ACCV "
+                            "layout has two (testa/, testb/): the config predicts and submits only "
+                            f"{', '.join(test_splits)}")
     test_files = {}
     for split in test_splits:
         folder = root / split
@@ -138,15 +152,25 @@ def inspect_dataset(root, test_splits: list[str] | None = None, allow_broken_tra
         else:
             (broken_test if is_test else broken_train).append(f"{path.relative_to(root).as_posix()}: {err}")
     if broken_test:
+        more = f"; and {len(broken_test) - 5} more" if len(broken_test) > 5 else ""
         problems.append(f"{len(broken_test)} unreadable test image(s) (every test image must decode): "
-                        + "; ".join(broken_test[:5]))
+                        + "; ".join(broken_test[:5]) + more)
+    sampled_train = sum(1 for _, is_test in sample if not is_test)
     if broken_train:
-        msg = (f"{len(broken_train)} of {len(sample)} decoded training image(s) unreadable: "
-               + "; ".join(broken_train[:5]))
+        more = f"; and {len(broken_train) - 5} more" if len(broken_train) > 5 else ""
+        msg = (f"{len(broken_train)} of {sampled_train} decoded training image(s) unreadable: "
+               + "; ".join(broken_train[:5]) + more)
         if allow_broken_train:
             warnings.append(msg + " (clean_split will drop them: --allow-broken)")
         else:
             problems.append(msg + " (remove them, or pass --allow-broken to let clean_split drop them)")
+    # broken training images are not training images: out of the counts (by class)
+    broken_paths = {b.split(": ", 1)[0] for b in broken_train}
+    counts = [sum(f.relative_to(root).as_posix() not in broken_paths for f in files[n]) for n in names]
+    emptied = [n for n, c in zip(names, counts) if c == 0 and files[n]]
+    if emptied and step == 1:
+        problems.append(f"{train}: class folder(s) {emptied[:10]} hold no readable image (clean_split "
+                        "would leave them empty)")
     if problems:
         raise InputError(f"{root}: not usable as it is; nothing written.\n  " + "\n  ".join(problems))
     if step > 1:

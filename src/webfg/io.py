@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import sys
 import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator, Sequence
@@ -24,6 +26,13 @@ import numpy as np
 
 class InputError(ValueError):
     """Bad user input: the message names the file (and line) and what was expected."""
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -36,7 +45,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp's 0600 would outlive the rename
+    finally:
+        os.close(fd)
     tmp = Path(tmp)
     try:
         yield tmp
@@ -79,28 +91,54 @@ def read_split_list(
 
     Labelled lists return ``[(relpath, label)]``, unlabelled ones ``[relpath]``.
     """
-    out = []
+    lines = read_split_lines(path, num_classes, labelled)
+    return [(relpath, label) for _, relpath, label in lines] if labelled else [relpath for _, relpath in lines]
+
+
+LABEL_LINE = re.compile(r"(.+)[ \t](-?[0-9]+)")  # split on the last space or tab: paths may hold spaces
+
+
+def read_split_lines(path, num_classes: int | None = None, labelled: bool = True) -> list[tuple]:
+    """``read_split_list`` with line numbers: ``[(lineno, relpath, label)]`` or ``[(lineno, relpath)]``.
+
+    Accepted as written by hand or by other tools: a UTF-8 byte-order mark, CRLF line
+    ends, blank lines, and spaces or tabs after the label. Refused, naming the line:
+    binary data (NUL and other control characters), a label that is not a plain
+    non-negative integer, a path that leaves the data root.
+    """
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        text = Path(path).read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    for lineno, line in enumerate(lines, 1):
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a folder, expected a list file") from None
+    except FileNotFoundError:
+        raise InputError(f"{path}: list file not found") from None
+    out = []
+    for lineno, line in enumerate(text.split("\n"), 1):
         where = f"{path}:{lineno}"
+        line = line.removesuffix("\r")
+        control = next((c for c in line if ord(c) < 32 and c != "\t" or c == "\x7f"), None)
+        if control is not None:
+            what = "NUL byte" if control == "\0" else f"control character {control!r}"
+            raise InputError(f"{where}: {what} in the line (binary data?); expected "
+                             + ("'<path> <label>'" if labelled else "'<path>'"))
         if not line.strip():
             continue
         if not labelled:
-            out.append(check_relpath(line, where))
+            out.append((lineno, check_relpath(line, where)))
             continue
-        relpath, sep, label_text = line.rpartition(" ")
-        if not sep or not relpath:
-            raise InputError(f"{where}: expected '<path> <label>', got {line!r}")
-        try:
-            label = int(label_text)
-        except ValueError:
-            raise InputError(f"{where}: label {label_text!r} is not an integer") from None
+        stripped = line.rstrip(" \t")
+        match = LABEL_LINE.fullmatch(stripped)
+        if not match:
+            relpath, sep, label_text = stripped.rpartition(" ")
+            if not sep or not relpath.strip():
+                raise InputError(f"{where}: expected '<path> <label>', got {line!r}")
+            raise InputError(f"{where}: label {label_text!r} is not an integer")
+        relpath, label = match.group(1), int(match.group(2))
         if label < 0 or (num_classes is not None and label >= num_classes):
             raise InputError(f"{where}: label {label} out of range [0, {num_classes})")
-        out.append((check_relpath(relpath, where), label))
+        out.append((lineno, check_relpath(relpath, where), label))
     return out
 
 
@@ -151,6 +189,61 @@ def load_predictions(stem, mmap: bool = True) -> tuple[np.ndarray, list[str], di
 
 def log_to_stderr(msg: str) -> None:
     """The log function of the workflow scripts (their stderr is the rule's log file)."""
-    import sys
-
     print(msg, file=sys.stderr, flush=True)
+
+
+def rule_script(snakemake) -> None:
+    """The first line of every workflow script: stderr goes to the rule's log, and an
+    ``InputError`` ends the job with its one line in the log and on the terminal, exit
+    status 1 and no traceback. Any other exception is a bug: its traceback goes to the log."""
+    terminal = sys.stderr
+    sys.stderr = open(snakemake.log[0], "w", encoding="utf-8", buffering=1)
+
+    def report(exc_type, exc, tb):
+        if issubclass(exc_type, InputError):
+            line = f"{snakemake.rule}: error: {exc}"
+            for stream in (sys.stderr, terminal):
+                print(line, file=stream, flush=True)
+        else:
+            sys.__excepthook__(exc_type, exc, tb)
+
+    sys.excepthook = report
+
+
+def read_yaml(path: str | os.PathLike):
+    """Parse a YAML file safely; a duplicate key (which PyYAML lets silently win) or a
+    syntax error raises ``InputError`` naming the file, line and key."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                first_line = {}
+                for key_node, _ in node.value:  # the mapping's own keys: a `<<` merge may be overridden
+                    if key_node.tag == "tag:yaml.org,2002:merge":
+                        continue
+                    key = self.construct_object(key_node, deep=True)
+                    try:
+                        seen = key in first_line
+                    except TypeError:  # unhashable key: SafeLoader's own error follows
+                        continue
+                    if seen:
+                        raise InputError(f"{path}:{key_node.start_mark.line + 1}: duplicate key {key!r} "
+                                         f"(first at line {first_line[key]}); each key may appear once")
+                    first_line[key] = key_node.start_mark.line + 1
+            return super().construct_mapping(node, deep)
+
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    try:
+        return yaml.load(text, Loader=UniqueKeyLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = f":{mark.line + 1}" if mark else ""
+        raise InputError(f"{path}{line}: not valid YAML ({e.problem or e.context})") from None
+    except yaml.YAMLError as e:
+        raise InputError(f"{path}: not valid YAML ({e})") from None

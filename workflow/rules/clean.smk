@@ -56,6 +56,8 @@ rule filter_noisy:
 rule class_list:
     input:
         data_ready,
+        # after clean_split has checked the whole tree: a tree it refuses leaves no class list
+        "results/clean/stats.json",
     output:
         "results/clean/classes.tsv",  # id -> class folder name, for the submission
     log:

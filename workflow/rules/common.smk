@@ -11,7 +11,7 @@ from webfg.cluster import (
     job_threads,
     parse_sinfo,
 )
-from webfg.config import MAEConfig, ModelConfig, check_pretrain_matches
+from webfg.config import MAEConfig, ModelConfig, check_arch, check_pretrain_matches
 from webfg.gpuslots import machine_gpus
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -24,10 +24,6 @@ NOISE = config["clean"]["noise_filter"]
 FINAL = config["final"]
 ANSWERS = config["data"]["answers"]
 PRETRAIN = config["pretrain"]
-
-
-class ConfigError(ValueError):
-    pass
 
 
 def check_config():
@@ -44,6 +40,7 @@ def check_config():
         except ResourceError as e:
             raise ConfigError(f"config {e}") from None
         check_pretrained_file(name)
+    check_archs()
     for name in PRETRAIN:
         try:
             MAEConfig.from_dict(pretrain_params(name), where=f"pretrain.{name}")
@@ -96,6 +93,20 @@ def check_config():
         raise ConfigError(
             f"config final.split: {FINAL['split']!r} is not in data.test_splits {SPLITS}"
         )
+
+
+def check_archs():
+    """Every timm architecture exists (in the main process only: jobs re-parse the workflow,
+    and importing timm costs seconds)."""
+    if not workflow.is_main_process:
+        return
+    entries = [(f"models.{n}", e) for n, e in MODELS.items()]
+    entries += [(f"pretrain.{n}", e) for n, e in PRETRAIN.items()]
+    for where, entry in entries:
+        try:
+            check_arch(entry["arch"], where)
+        except ValueError as e:
+            raise ConfigError(f"config {e}") from None
 
 
 def model_params(model):

@@ -1,6 +1,6 @@
-import sys
+from webfg.io import rule_script
 
-sys.stderr = open(snakemake.log[0], "w")
+rule_script(snakemake)  # stderr to the log; input errors end the job with one line
 
 from webfg.clean import write_class_list
 from webfg.io import log_to_stderr

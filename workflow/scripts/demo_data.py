@@ -1,7 +1,9 @@
 """Build the embedded demo dataset into the data root (webfg.demo)."""
 import sys
 
-sys.stderr = open(snakemake.log[0], "w")
+from webfg.io import rule_script
+
+rule_script(snakemake)  # stderr to the log; input errors end the job with one line
 
 from webfg.demo import PRESETS, build_demo
 

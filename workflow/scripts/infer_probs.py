@@ -1,7 +1,7 @@
 """Predict val and the given splits with one model; outputs are <split>.npy/.rows.txt/.json."""
-import sys
+from webfg.io import rule_script
 
-sys.stderr = open(snakemake.log[0], "w")
+rule_script(snakemake)  # stderr to the log; input errors end the job with one line
 
 from pathlib import Path
 

@@ -1,7 +1,9 @@
 """MAE pre-training: in this process, or one process per GPU (srun / torchrun), on its own GPU slots."""
 import sys
 
-sys.stderr = open(snakemake.log[0], "w")
+from webfg.io import rule_script
+
+rule_script(snakemake)  # stderr to the log; input errors end the job with one line
 
 import json
 import shlex

@@ -1,6 +1,8 @@
 import sys
 
-sys.stderr = open(snakemake.log[0], "w")
+from webfg.io import rule_script
+
+rule_script(snakemake)  # stderr to the log; input errors end the job with one line
 
 from webfg.summary import summarize
 

@@ -2,7 +2,9 @@
 on GPU slots of its own when jobs share a machine (webfg.gpuslots)."""
 import sys
 
-sys.stderr = open(snakemake.log[0], "w")
+from webfg.io import rule_script
+
+rule_script(snakemake)  # stderr to the log; input errors end the job with one line
 
 import json
 import shlex
