@@ -118,33 +118,54 @@ class Synth:
         np.put_along_axis(out, cand, (e / total[:, None]).astype(np.float16), axis=1)
         return out
 
-    def write(self, out_dir, prior: str, log=print) -> list[Path]:
-        """Write M prediction stems (SPEC C) + ``labels.txt``; returns the stems."""
-        from webfg.io import write_json, write_split_list
-        from webfg.stream import write_npy_header
+    def write(self, out_dir, prior: str, log=print, val_rows: int = 0) -> list[Path]:
+        """Write M prediction stems ``m<i>`` of the test split (SPEC C) + ``labels.txt``; with
+        ``val_rows``, also ``m<i>.val`` stems of a val split drawn from the training prior
+        (other rows, same models; its labelled list is ``val.txt``) and every member's
+        val_accuracy measured there. Returns the test stems."""
+        from webfg.io import write_split_list
 
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         labels = self.labels(prior)
-        rows = [f"testb/{i:06d}.jpg" for i in range(self.n)]
         np.savetxt(out_dir / "labels.txt", labels, fmt="%d")
-        buf = np.empty((BLOCK, self.c), dtype=np.float16)
+        rows = [f"testb/{i:06d}.jpg" for i in range(self.n)]
+        val_acc = [None] * self.m
+        if val_rows:
+            val_labels = self.labels("train", val_rows)
+            val_names = [f"train/val{i:06d}.jpg" for i in range(val_rows)]
+            write_split_list(out_dir / "val.txt", list(zip(val_names, val_labels.tolist())))
+            for model in range(self.m):
+                val_acc[model] = self._write_stem(out_dir / f"m{model:02d}.val", model, val_labels, val_names,
+                                                  -(2**39), None)
         stems = []
         for model in range(self.m):
             stem = out_dir / f"m{model:02d}"
-            correct = 0
-            with open(stem.with_suffix(".npy"), "wb") as f:
-                write_npy_header(f, (self.n, self.c))
-                for start in range(0, self.n, BLOCK):
-                    block = self.block(model, start, labels[start:start + BLOCK], buf)
-                    correct += int((block.argmax(axis=1) == labels[start:start + BLOCK]).sum())
-                    f.write(block.tobytes())
-            write_split_list(stem.with_suffix(".rows.txt"), rows)
-            write_json(stem.with_suffix(".json"), {"model": stem.name, "val_accuracy": correct / self.n,
-                                                   "num_rows": self.n, "num_classes": self.c})
-            log(f"{stem}.npy: top-1 {correct / self.n:.4f}")
+            acc = self._write_stem(stem, model, labels, rows, 0, val_acc[model])
+            log(f"{stem}.npy: top-1 {acc:.4f}")
             stems.append(stem)
         return stems
+
+    def _write_stem(self, stem, model, labels, rows, first, val_accuracy) -> float:
+        """One member's prediction files; returns its top-1 on ``labels`` (the val_accuracy
+        recorded when none is given)."""
+        from webfg.io import write_json, write_split_list
+        from webfg.stream import write_npy_header
+
+        buf = np.empty((BLOCK, self.c), dtype=np.float16)
+        correct = 0
+        n = labels.size
+        with open(f"{stem}.npy", "wb") as f:
+            write_npy_header(f, (n, self.c))
+            for start in range(0, n, BLOCK):
+                block = self.block(model, first + start, labels[start:start + BLOCK], buf)
+                correct += int((block.argmax(axis=1) == labels[start:start + BLOCK]).sum())
+                f.write(block.tobytes())
+        write_split_list(f"{stem}.rows.txt", rows)
+        acc = correct / n
+        write_json(f"{stem}.json", {"model": Path(stem).name, "val_accuracy": acc if val_accuracy is None else val_accuracy,
+                                    "num_rows": n, "num_classes": self.c})
+        return acc
 
 
 def main(argv=None):

@@ -26,6 +26,7 @@ from webfg.io import (
     InputError,
     atomic_path,
     prediction_paths,
+    read_json,
     read_split_list,
     write_json,
     write_split_list,
@@ -292,11 +293,15 @@ def parse_power(value, key: str = "power"):
 
 
 def member_accuracies(stems: Sequence) -> list[float | None]:
-    """Each member's ``val_accuracy`` from its JSON (None where absent); headers are checked,
-    values are not read (the ensemble checks them in its one pass)."""
+    """Each member's ``val_accuracy`` from its JSON (None where absent); the ensemble checks
+    the rest of each file in its one pass."""
     out = []
     for stem in stems:
-        acc = Prediction(stem).meta.get("val_accuracy")
+        npy, _, js = prediction_paths(stem)
+        meta = read_json(js) if js.is_file() else {}
+        if not isinstance(meta, dict):
+            raise InputError(f"{js}: expected a JSON object")
+        acc = meta.get("val_accuracy")
         if acc is not None and not (isinstance(acc, (int, float)) and 0 < acc <= 1):
             raise InputError(f"{prediction_paths(stem)[2]}: val_accuracy {acc!r} is not a number in (0, 1]")
         out.append(acc)

@@ -123,6 +123,24 @@ def check_block(block: np.ndarray, where: str, first_row: int, sums: np.ndarray 
                              f"not 1 (+-{tolerance}): expected probabilities")
 
 
+def read_row_names(path: Path) -> list[str]:
+    """The row names of a ``.rows.txt``, as ``read_split_list(path, labelled=False)`` returns
+    them (same checks and messages), ~100x faster on the usual clean file: 90,000 names x 17
+    members went through pathlib in 15 s. Any line the fast check is unsure of (blank, a
+    byte-order mark, a backslash, an absolute or climbing path) sends the whole file to
+    ``read_split_list``."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        return read_split_list(path, labelled=False)  # its message names the byte
+    lines = text.splitlines()
+    for line in lines:
+        if (not line.strip() or line[0] in "/\ufeff" or "\\" in line
+                or (".." in line and "/../" in f"/{line}/")):
+            return read_split_list(path, labelled=False)
+    return lines
+
+
 class Prediction:
     """One checked prediction file: shape, layout, row names and metadata (no data read).
 
@@ -145,7 +163,7 @@ class Prediction:
         if not self.rows_path.is_file():
             raise InputError(f"{self.rows_path}: no such file; every prediction .npy needs the list of its "
                              "row names next to it")
-        self.relpaths = read_split_list(self.rows_path, labelled=False)
+        self.relpaths = read_row_names(self.rows_path)
         if len(self.relpaths) != n:
             raise InputError(f"{npy}: {n} rows but {self.rows_path} lists {len(self.relpaths)}")
         if len(set(self.relpaths)) != n:
