@@ -265,3 +265,161 @@ def test_post_processing_commands_do_not_import_torch(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "[]"
     assert zipfile.ZipFile(tmp_path / "s.zip").read("s.csv")
+
+
+# ------------------------------------------------------------- map redistribution
+
+
+def _biased_world(prior: str, seed: int = 0, n: int = 2000, c: int = 50, tau: float = 0.6):
+    """Posteriors of one noisy model leaning to a long-tailed training prior by ``tau``."""
+    rng = np.random.default_rng(seed)
+    train = rng.permutation(1.0 / np.arange(1, c + 1))
+    train /= train.sum()
+    if prior == "balanced":
+        y = rng.permutation(np.arange(n) % c)
+    elif prior == "iid":
+        y = rng.integers(0, c, n)
+    else:
+        w = np.exp(0.15 * rng.normal(size=c))
+        y = rng.choice(c, n, p=w / w.sum())
+    z = rng.normal(0, 1.0, (n, c)) + 2.2 * np.eye(c)[y] + tau * np.log(train * c)
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    counts = rng.multinomial(100 * c, train)
+    return p.astype(np.float32), y, counts, np.log(train)
+
+
+@pytest.mark.parametrize("prior", ["balanced", "iid", "lognormal"])
+def test_map_recovers_the_training_bias_and_beats_argmax_on_every_test_prior(prior):
+    from webfg.postprocess import log_train_prior, redistribute_map, top_candidates, training_bias_exponent
+
+    p, y, counts, _ = _biased_world(prior)
+    logp, cand = top_candidates(p, 16)
+    tau = training_bias_exponent(logp, cand, log_train_prior(counts))
+    assert 0.45 < tau < 0.9  # the world's lean is 0.6 (soft counts of a noisy model over-estimate it a little)
+    argmax = (p.argmax(axis=1) == y).mean()
+    labels = redistribute_map(p, counts, concentration=4.0)
+    assert (labels == y).mean() > argmax + 0.01, ((labels == y).mean(), argmax)
+
+
+def test_map_leaves_an_unbiased_model_alone():
+    from webfg.postprocess import redistribute_map
+
+    p, y, counts, _ = _biased_world("iid", tau=0.0)
+    labels = redistribute_map(p, counts, concentration=float("inf"))
+    assert (labels != p.argmax(axis=1)).mean() < 0.02
+    flat = redistribute_map(p, np.full(p.shape[1], 7), concentration=float("inf"))  # balanced training set
+    np.testing.assert_array_equal(flat, p.argmax(axis=1))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--method", "greedy", "--k", "0"], r"--k: 0 is out of range for method greedy; expected an integer >= 1"),
+    (["--method", "greedy", "--k", "99"], r"--k: 99 is more than the 6 rows"),
+    (["--method", "prior", "--strength", "1.5"], r"--strength: 1\.5 is out of range for method prior; expected a number in \[0, 1\]"),
+    (["--method", "transport", "--temperature", "0"], r"--temperature: 0\.0 is out of range for method transport"),
+    (["--method", "map", "--concentration", "-1"], r"--concentration: -1\.0 is out of range for method map"),
+    (["--method", "map", "--candidates", "0"], r"--candidates: 0 is out of range for method map"),
+    (["--method", "map"], r"--method map needs --train-list"),
+])
+def test_redistribute_parameters_out_of_range_name_the_key(tmp_path, capsys, argv, message):
+    stem = _good(tmp_path / "in")
+    err = _run_fails(["redistribute", str(stem), *argv, "--train-list", str(tmp_path / "in" / "train.txt"),
+                      "--out", str(tmp_path / "o" / "l.tsv"), "--counts", str(tmp_path / "o" / "c.tsv")]
+                     if "map" not in argv or "--concentration" in argv or "--candidates" in argv else
+                     ["redistribute", str(stem), *argv, "--out", str(tmp_path / "o" / "l.tsv"),
+                      "--counts", str(tmp_path / "o" / "c.tsv")], capsys)
+    assert __import__("re").search(message, err), err
+    assert not (tmp_path / "o").exists()
+
+
+def test_redistribute_map_command_writes_labels(tmp_path):
+    p, y, counts, _ = _biased_world("balanced", n=500, c=25)
+    rows = [f"testb/{i}.jpg" for i in range(len(y))]
+    save_predictions(tmp_path / "e", p, rows, {})
+    write_split_list(tmp_path / "train.txt", [(f"train/{i}.jpg", int(c)) for i, c in
+                                              enumerate(np.repeat(np.arange(25), counts))])
+    main(["redistribute", str(tmp_path / "e"), "--method", "map", "--train-list", str(tmp_path / "train.txt"),
+          "--out", str(tmp_path / "l.tsv"), "--counts", str(tmp_path / "c.tsv")])
+    from webfg.postprocess import read_labels, redistribute_map
+
+    got_rows, labels = read_labels(tmp_path / "l.tsv")
+    assert got_rows == rows
+    np.testing.assert_array_equal(labels, redistribute_map(load_predictions(tmp_path / "e")[0], counts))
+    assert (labels == y).mean() > (p.argmax(axis=1) == y).mean()
+
+
+# ---------------------------------------------------------------------- power auto
+
+
+def _members_with_val(tmp_path, skills, seed=0, n=600, c=12):
+    """Members whose val and test predictions come from the same noisy model of given skill."""
+    rng = np.random.default_rng(seed)
+    val_rows = [f"train/v{i}.jpg" for i in range(n)]
+    y_val, y_test = rng.integers(0, c, n), rng.integers(0, c, n)
+    write_split_list(tmp_path / "val.txt", list(zip(val_rows, y_val.tolist())))
+    stems = []
+    for m, skill in enumerate(skills):
+        folder = tmp_path / f"m{m}"
+        folder.mkdir()
+        accs = []
+        for split, y, rows in [("val", y_val, val_rows), ("testb", y_test, [f"testb/{i}.jpg" for i in range(n)])]:
+            z = rng.normal(0, 1, (n, c)) + skill * np.eye(c)[y]
+            p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+            accs.append(float((p.argmax(axis=1) == y).mean()))
+            save_predictions(folder / split, p, rows, {"split": split, "val_accuracy": accs[0]})
+        stems.append(folder / "testb")
+    return stems, y_test
+
+
+def test_power_auto_picks_on_val_and_records_the_grid(tmp_path, capsys):
+    from webfg.postprocess import POWER_GRID, choose_power, member_accuracies
+
+    stems, y_test = _members_with_val(tmp_path, [3.0, 0.6, 0.6])  # one good member, two poor ones
+    accs = member_accuracies(stems)
+    chosen, table = choose_power([s.parent / "val" for s in stems], tmp_path / "val.txt", accs)
+    assert [p for p, _ in table] == list(POWER_GRID)
+    assert dict(table)[chosen] == max(a for _, a in table) and chosen > 0 and dict(table)[0.0] < dict(table)[chosen]
+    main(["ensemble", *map(str, stems), "--power", "auto", "--val-list", str(tmp_path / "val.txt"),
+          "--out", str(tmp_path / "e")])
+    assert f"power auto: {chosen:g}" in capsys.readouterr().out
+    probs, _, meta = load_predictions(tmp_path / "e")
+    assert meta["power"] == chosen and probs.dtype == np.float32
+    lines = (tmp_path / "e.power.tsv").read_text().splitlines()
+    assert lines[0] == "power\tval_accuracy\tchosen" and len(lines) == len(POWER_GRID) + 1
+    assert [line.split("\t")[0] for line in lines[1:] if line.endswith("\t1")] == [f"{chosen:g}"]
+
+
+def test_power_auto_errors_name_the_key(tmp_path, capsys):
+    stems, _ = _members_with_val(tmp_path, [2.0, 1.0])
+    out = tmp_path / "o" / "e"
+    err = _run_fails(["ensemble", *map(str, stems), "--power", "auto", "--out", str(out)], capsys)
+    assert "--power auto needs --val-list" in err
+    err = _run_fails(["ensemble", *map(str, stems), "--power", "auto", "--accuracy-from-name",
+                      "--val-list", str(tmp_path / "val.txt"), "--out", str(out)], capsys)
+    assert "--power auto: needs the members' val probabilities" in err
+    err = _run_fails(["ensemble", *map(str, stems), "--power", "-2", "--out", str(out)], capsys)
+    assert "--power: expected a number >= 0 or 'auto', got '-2'" in err
+    json_path = stems[1].parent / "val.json"
+    meta = json.loads(json_path.read_text())
+    del meta["val_accuracy"]
+    json_path.write_text(json.dumps(meta))
+    (stems[1].parent / "testb.json").write_text(json.dumps(meta))
+    err = _run_fails(["ensemble", *map(str, stems), "--power", "auto", "--val-list", str(tmp_path / "val.txt"),
+                      "--out", str(out)], capsys)
+    assert "--power: auto needs every member's val accuracy" in err and "testb.json has none" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_final_ensemble_is_float32_so_rounding_makes_no_ties(tmp_path):
+    # two members whose weighted mean differs in the 5th digit: float16 would round it to a tie
+    rows = ["testb/a.jpg"]
+    save_predictions(tmp_path / "a", np.array([[0.50000, 0.50000]]), rows, {"val_accuracy": 0.5})
+    np.save(tmp_path / "a.npy", np.array([[0.5, 0.5]], dtype=np.float32))
+    np.save(tmp_path / "b.npy", np.array([[0.5001, 0.4999]], dtype=np.float32))
+    (tmp_path / "b.rows.txt").write_text("testb/a.jpg\n")
+    from webfg.postprocess import ensemble_predictions
+
+    ensemble_predictions([tmp_path / "a", tmp_path / "b"], [1.0, 1.0], tmp_path / "e32", dtype=np.float32)
+    ensemble_predictions([tmp_path / "a", tmp_path / "b"], [1.0, 1.0], tmp_path / "e16", dtype=np.float16)
+    e32, e16 = load_predictions(tmp_path / "e32")[0], load_predictions(tmp_path / "e16")[0]
+    assert e32[0, 0] > e32[0, 1] and e16[0, 0] == e16[0, 1]

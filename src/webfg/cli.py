@@ -111,18 +111,18 @@ def _ensemble(a):
 
     a.stems = _expand(a.stems, ".npy")
     power = parse_power(a.power, "--power")
+    if power == "auto" and a.accuracy_from_name:
+        raise InputError("--power auto: needs the members' val probabilities, which result pickles do not "
+                         "have; give a number (the original's 25)")
     accs = [accuracy_from_filename(s) for s in a.stems] if a.accuracy_from_name else member_accuracies(a.stems)
     table = None
     if power == "auto":
-        if a.accuracy_from_name:
-            raise InputError("--power auto: needs the members' val probabilities, which result pickles do not "
-                             "have; give a number (the original's 25)")
         if not a.val_list:
             raise InputError("--power auto needs --val-list, the labelled val split (e.g. results/clean/val.txt)")
         val_stems = a.val or [str(prediction_paths(s)[0].parent / "val") for s in a.stems]
         if len(val_stems) != len(a.stems):
             raise InputError(f"--val: {len(val_stems)} val predictions for {len(a.stems)} members")
-        power, table = choose_power(val_stems, a.val_list, accs, key="--power")
+        power, table = choose_power(val_stems, a.val_list, accs, key="--power", accuracy_from=a.stems)
         print(f"power auto: {power:g} (val accuracy "
               + ", ".join(f"{p:g}: {acc:.4f}" for p, acc in table) + ")")
     meta = {"power": power, **({"power_auto": [list(row) for row in table]} if table else {})}
@@ -163,7 +163,7 @@ def _redistribute(a):
     check_redistribute_params(a.method, params, "--")
     probs, rows, _ = load_predictions(a.stem)
     counts = train_class_counts(a.train_list, probs.shape[1]) if a.method == "map" else None
-    redistribute_labels(probs, rows, a.method, a.out, a.counts, train_counts=counts, **params)
+    redistribute_labels(probs, rows, a.method, a.out, a.counts, train_counts=counts, prefix="--", **params)
 
 
 def _submit(a):

@@ -309,16 +309,18 @@ def member_accuracies(stems: Sequence) -> list[float | None]:
 
 
 def choose_power(val_stems: Sequence, val_list, accuracies: Sequence[float | None], grid=POWER_GRID,
-                 key: str = "power", chunk_rows: int = CHUNK_ROWS) -> tuple[float, list[tuple[float, float]]]:
+                 key: str = "power", chunk_rows: int = CHUNK_ROWS,
+                 accuracy_from: Sequence | None = None) -> tuple[float, list[tuple[float, float]]]:
     """The power of ``grid`` whose weighted ensemble of the members' val predictions has the
     best val accuracy (the smallest such power on ties); returns it and (power, accuracy) rows.
 
     Why: power 25 suits members within a few points of each other; with spread accuracies
     it puts all the weight on one model (0.71 vs 0.34 gives 8e7 : 1), which can be worse
     than the plain mean (power 0, in the grid). One pass computes every power's ensemble.
+    ``accuracy_from``: the stems whose JSON gave ``accuracies`` (named when one is missing).
     """
     members = _open_members(val_stems)
-    for stem, acc in zip(val_stems, accuracies):
+    for stem, acc in zip(accuracy_from or val_stems, accuracies):
         if acc is None:
             raise InputError(f"{key}: auto needs every member's val accuracy; {prediction_paths(stem)[2]} has none")
     answers = dict(read_split_list(val_list))
@@ -582,7 +584,7 @@ def map_test_prior(logp: np.ndarray, cand: np.ndarray, shift: np.ndarray, concen
     return log_pi
 
 
-def redistribute_map(probs: np.ndarray, train_counts: np.ndarray, concentration: float = 1.0,
+def redistribute_map(probs: np.ndarray, train_counts: np.ndarray, concentration: float = 4.0,
                      candidates: int = 16, chunk_rows: int = CHUNK_ROWS, log=None) -> np.ndarray:
     """Labels ``argmax_c log p + log pi_c - tau * log pi_train_c``: the logit adjustment by the
     ensemble's effective training prior (tau of ``training_bias_exponent``), then the MAP-EM
