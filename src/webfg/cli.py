@@ -109,15 +109,38 @@ def _expand(paths, suffix: str) -> list[str]:
 
 
 def _ensemble(a):
-    from webfg.io import load_predictions
-    from webfg.postprocess import accuracy_from_filename, ensemble_predictions, member_weights
+    from webfg.io import prediction_paths
+    from webfg.postprocess import (
+        accuracy_from_filename,
+        choose_power,
+        ensemble_predictions,
+        member_accuracies,
+        member_weights,
+        parse_power,
+        write_power_choice,
+    )
 
     a.stems = _expand(a.stems, ".npy")
-    if a.accuracy_from_name:
-        accs = [accuracy_from_filename(s) for s in a.stems]
-    else:
-        accs = [load_predictions(s)[2].get("val_accuracy") for s in a.stems]
-    ensemble_predictions(a.stems, member_weights(a.stems, accs, a.power), a.out, meta={"power": a.power})
+    power = parse_power(a.power, "--power")
+    if power == "auto" and a.accuracy_from_name:
+        raise InputError("--power auto: needs the members' val probabilities, which result pickles do not "
+                         "have; give a number (the original's 25)")
+    accs = [accuracy_from_filename(s) for s in a.stems] if a.accuracy_from_name else member_accuracies(a.stems)
+    table = None
+    if power == "auto":
+        if not a.val_list:
+            raise InputError("--power auto needs --val-list, the labelled val split (e.g. results/clean/val.txt)")
+        val_stems = a.val or [str(prediction_paths(s)[0].parent / "val") for s in a.stems]
+        if len(val_stems) != len(a.stems):
+            raise InputError(f"--val: {len(val_stems)} val predictions for {len(a.stems)} members")
+        power, table = choose_power(val_stems, a.val_list, accs, key="--power", accuracy_from=a.stems)
+        print(f"power auto: {power:g} (val accuracy "
+              + ", ".join(f"{p:g}: {acc:.4f}" for p, acc in table) + ")")
+    meta = {"power": power, **({"power_auto": [list(row) for row in table]} if table else {})}
+    ensemble_predictions(a.stems, member_weights(a.stems, accs, power), a.out, meta=meta, dtype=a.dtype)
+    if table:
+        write_power_choice(a.power_report or str(prediction_paths(a.out)[0])[: -len(".npy")] + ".power.tsv",
+                           table, power)
 
 
 def _pseudo(a):
@@ -139,13 +162,19 @@ def _merge_meta(a):
 
 def _redistribute(a):
     from webfg.io import load_predictions
-    from webfg.postprocess import redistribute_labels
+    from webfg.postprocess import check_redistribute_params, redistribute_labels, train_class_counts
 
     if a.method == "greedy" and a.k is None:
         raise InputError("--method greedy needs --k (a little below rows/classes, e.g. 16 for 90,000 / 5,000)")
+    if a.method == "map" and a.train_list is None:
+        raise InputError("--method map needs --train-list, the labelled list the members were trained on "
+                         "(e.g. results/clean/train.txt): its class counts are the training prior it corrects")
+    params = {"k": a.k or 0, "strength": a.strength, "temperature": a.temperature, "candidates": a.candidates,
+              "concentration": a.concentration}
+    check_redistribute_params(a.method, params, "--")
     probs, rows, _ = load_predictions(a.stem)
-    redistribute_labels(probs, rows, a.method, a.k or 0, a.out, a.counts, strength=a.strength,
-                        temperature=a.temperature, candidates=a.candidates)
+    counts = train_class_counts(a.train_list, probs.shape[1]) if a.method == "map" else None
+    redistribute_labels(probs, rows, a.method, a.out, a.counts, train_counts=counts, prefix="--", **params)
 
 
 def _submit(a):
@@ -305,8 +334,15 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("stems", nargs="+", help="prediction stems (or .npy files), or folders of them")
     s.add_argument("--out", required=True)
-    s.add_argument("--power", type=float, default=25)
+    s.add_argument("--power", default="25", help="weights (acc_i / min acc)^power; 0 = plain mean; auto = the "
+                   "power of {0, 1, 2, 4, 8, 16, 25} best on val (needs --val-list)")
     s.add_argument("--accuracy-from-name", action="store_true", help="legacy: '...-7620' in the name = 0.7620")
+    s.add_argument("--dtype", default="float32", choices=["float32", "float16"],
+                   help="float32 (default) makes no top-2 ties by rounding; float16 halves the file")
+    s.add_argument("--val-list", help="power auto: labelled val list (e.g. results/clean/val.txt)")
+    s.add_argument("--val", nargs="+", help="power auto: the members' val predictions, in member order "
+                   "(default: the 'val' stem next to each member)")
+    s.add_argument("--power-report", help="power auto: TSV of the grid (default: <out>.power.tsv)")
     s.set_defaults(func=_ensemble)
 
     s = sub.add_parser("pseudo", help="pseudo-labels: rows whose max probability > threshold",
@@ -322,20 +358,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.set_defaults(func=_merge_meta)
 
-    s = sub.add_parser("redistribute", help="balance predicted class counts (greedy K, prior, transport)",
-                       epilog="example: webfg redistribute results/final/ensemble --method greedy --k 16 "
-                              "--out labels.tsv --counts counts.tsv\n"
-                              "         webfg redistribute results/final/ensemble --method prior --strength 1 "
+    s = sub.add_parser("redistribute", help="balance predicted class counts (map, greedy K, prior, transport)",
+                       epilog="example: webfg redistribute results/final/ensemble --method map "
+                              "--train-list results/clean/train.txt --out labels.tsv --counts counts.tsv\n"
+                              "         webfg redistribute results/final/ensemble --method greedy --k 16 "
                               "--out labels.tsv --counts counts.tsv",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("stem")
+    s.add_argument("--method", default="greedy", choices=["map", "greedy", "prior", "transport", "none"],
+                   help="map = training-prior logit adjustment + MAP-EM test prior (recommended: never "
+                        "below argmax in bench/); greedy = the original's; prior = prior correction toward "
+                        "uniform; transport = near-exact balance (test sets with N/C rows per class)")
     s.add_argument("--k", type=int, help="greedy: classes predicted fewer than k times take rows up to k")
-    s.add_argument("--method", default="greedy", choices=["greedy", "prior", "transport", "none"],
-                   help="greedy = the original's; prior = prior correction toward uniform (safe on i.i.d. "
-                        "test sets); transport = near-exact balance (test sets with N/C rows per class)")
+    s.add_argument("--train-list", help="map: labelled list the members were trained on (its class counts)")
+    s.add_argument("--concentration", type=float, default=4.0,
+                   help="map: Dirichlet pull of the test prior toward uniform, in N/C rows per class "
+                        "(0 = the rows alone, inf = uniform)")
     s.add_argument("--strength", type=float, default=1.0, help="prior/transport: 0 = argmax, 1 = full correction")
     s.add_argument("--temperature", type=float, default=0.05, help="transport: final temperature")
-    s.add_argument("--candidates", type=int, default=16, help="prior/transport: classes considered per row")
+    s.add_argument("--candidates", type=int, default=16, help="map/prior/transport: classes considered per row")
     s.add_argument("--out", required=True)
     s.add_argument("--counts", required=True)
     s.set_defaults(func=_redistribute)

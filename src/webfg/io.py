@@ -173,18 +173,15 @@ def save_predictions(stem, probs: np.ndarray, relpaths: Sequence[str], meta: dic
     write_json(js, {**meta, "num_rows": int(probs.shape[0]), "num_classes": int(probs.shape[1])})
 
 
-def load_predictions(stem, mmap: bool = True) -> tuple[np.ndarray, list[str], dict]:
-    """Return (probs, relpaths, meta); probs is a read-only memmap by default."""
-    npy, rows, js = prediction_paths(stem)
-    try:
-        probs = np.load(npy, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except ValueError as e:
-        raise InputError(f"{npy}: not a plain numpy array file ({e})") from None
-    relpaths = read_split_list(rows, labelled=False)
-    meta = read_json(js) if js.exists() else {}
-    if probs.ndim != 2 or probs.shape[0] != len(relpaths):
-        raise InputError(f"{npy}: shape {probs.shape} does not match the {len(relpaths)} rows of {rows}")
-    return probs, relpaths, meta
+def load_predictions(stem, mmap: bool = True, check: bool = True) -> tuple[np.ndarray, list[str], dict]:
+    """Return (probs, relpaths, meta) of a checked prediction (``webfg.stream.open_prediction``:
+    layout, row names, JSON and, with ``check``, every value); probs is a read-only memmap
+    in the stored dtype and order by default, every reader converts its row blocks."""
+    from webfg.stream import open_prediction
+
+    pred = open_prediction(stem, check_values=check)
+    probs = pred.array()
+    return (probs if mmap else np.array(probs)), pred.relpaths, pred.meta
 
 
 def log_to_stderr(msg: str) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import mmap
 import os
 import re
+import threading
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
@@ -25,14 +26,22 @@ from webfg.io import (
     InputError,
     atomic_path,
     prediction_paths,
+    read_json,
     read_split_list,
     write_json,
     write_split_list,
     write_text,
 )
-from webfg.stream import RowReader, check_block, check_row_sums, float_to_half, half_to_float, write_npy_header
+from webfg.stream import (
+    BLOCK_ROWS,
+    HALF_TO_FLOAT_SCALE,
+    Prediction,
+    check_block,
+    half_bits_to_float,
+    write_npy_header,
+)
 
-CHUNK_ROWS = 2048  # x 5,000 classes: ~20 MB per float16 block, ~0.1 GB of buffers in all
+CHUNK_ROWS = 512  # x 5,000 classes: 5 MB per float16 read, 10 MB float32 sums per worker
 
 
 def _row_chunks(n: int, chunk_rows: int) -> Iterator[slice]:
@@ -87,32 +96,127 @@ def accuracy_from_filename(name: str | os.PathLike) -> float:
     return int(match.group(1)) / 10000
 
 
-def _open_members(stems: Sequence[str | os.PathLike]) -> tuple[list[RowReader], list[str]]:
-    """Readers of every member, checked against the first before any data is read:
-    same row list (order and count), same class count, float16 (N, C) files."""
+def _open_members(stems: Sequence[str | os.PathLike]) -> list[Prediction]:
+    """Every member, checked (``webfg.stream.Prediction``) and against the first before any
+    data is read: same class count, same rows in the same order."""
     if not stems:
         raise InputError("ensemble of zero models (empty folder or no prediction files given)")
-    readers, first_rows, first_paths = [], None, None
+    members = [Prediction(stem) for stem in stems]
+    first = members[0]
+    for m in members[1:]:
+        if m.shape[1] != first.shape[1]:
+            raise InputError(f"{m.npy} has {m.shape[1]} classes but {first.npy} has {first.shape[1]}")
+        if m.shape[0] != first.shape[0]:
+            raise InputError(f"{m.npy} has {m.shape[0]} rows but {first.npy} has {first.shape[0]}: "
+                             "an ensemble needs predictions of the same images")
+        if m.relpaths != first.relpaths:
+            if set(m.relpaths) == set(first.relpaths):
+                raise InputError(f"row order of {m.rows_path} differs from {first.rows_path}")
+            i = next(i for i, (a, b) in enumerate(zip(m.relpaths, first.relpaths)) if a != b)
+            raise InputError(f"{m.rows_path}:{i + 1}: row {m.relpaths[i]!r} is not in {first.rows_path} "
+                             "(an ensemble needs predictions of the same images)")
+    return members
+
+
+def _inputs_fit_in_memory(members: Sequence[Prediction]) -> bool:
+    """Whether the inputs fit in the page cache (then they are left there for the next reader)."""
+    total = sum(os.path.getsize(m.npy) for m in members)
     try:
-        for stem in stems:
-            npy, rows_path, _ = prediction_paths(stem)
-            reader = RowReader(npy)
-            readers.append(reader)
-            relpaths = read_split_list(rows_path, labelled=False)
-            if reader.shape[0] != len(relpaths):
-                raise InputError(f"{npy}: {reader.shape[0]} rows but {rows_path} lists {len(relpaths)}")
-            if first_rows is None:
-                first_rows, first_paths = relpaths, (npy, rows_path)
-                continue
-            if reader.shape[1] != readers[0].shape[1]:
-                raise InputError(f"{npy} has {reader.shape[1]} classes but {first_paths[0]} has {readers[0].shape[1]}")
-            if relpaths != first_rows:
-                raise InputError(f"row order of {rows_path} differs from {first_paths[1]}")
-    except BaseException:
-        for r in readers:
-            r.close()
-        raise
-    return readers, first_rows
+        with open("/proc/meminfo") as f:
+            avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable"))
+    except (OSError, StopIteration):
+        return True
+    return total < 0.8 * avail
+
+
+def weighted_pass(members: Sequence[Prediction], scales: np.ndarray, consume, chunk_rows: int = CHUNK_ROWS,
+                  threads: int | None = None, check_sums: bool = True) -> None:
+    """One pass over the members: for every row chunk [start, stop), ``consume(start, stop,
+    totals)`` gets ``totals[g] = sum_i scales[g, i] * P_i[start:stop]`` (float32, G x rows x C).
+
+    Row chunks go to ``threads`` workers (default: the CPUs this process may use); each reads
+    its chunk of every member with pread (no memory map: RSS stays at the buffers) and, per
+    64-row block, converts float16 with the exact bit trick of ``webfg.stream``, checks the
+    values and row sums, and accumulates ``total += scale * x`` in place. Nothing is
+    allocated per block. Inputs are evicted from the page cache only when they would not
+    fit in memory. ``consume`` runs in the workers on disjoint rows. The first bad chunk's
+    InputError (file and row) is raised, deterministically, after the workers stop.
+    """
+    scales = np.asarray(scales, dtype=np.float32)
+    n, c = members[0].shape
+    chunk_rows = max(1, min(chunk_rows, n))
+    if threads is None:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, min(threads, -(-n // chunk_rows)))
+    evict = not _inputs_fit_in_memory(members)
+    fds = [os.open(m.npy, os.O_RDONLY) if m.fast else -1 for m in members]
+    arrays = [None if m.fast else m.array() for m in members]
+    for fd in fds:
+        if fd >= 0 and hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+    local = threading.local()
+    failed: dict[int, BaseException] = {}
+    lock = threading.Lock()
+
+    def work(start: int) -> None:
+        with lock:
+            if failed and start > min(failed):
+                return
+        stop = min(start + chunk_rows, n)
+        rows = stop - start
+        if not hasattr(local, "bits"):
+            local.bits = np.empty(chunk_rows * c, dtype=np.uint16)
+            local.work = np.empty((BLOCK_ROWS, c), dtype=np.float32)
+            local.scaled = np.empty((BLOCK_ROWS, c), dtype=np.float32)
+            local.totals = np.empty((scales.shape[0], chunk_rows, c), dtype=np.float32)
+        totals = local.totals[:, :rows]
+        try:
+            for i, m in enumerate(members):
+                where = str(m.npy)
+                if m.fast:
+                    bits = m.read_half_bits(fds[i], start, stop, local.bits)
+                    if evict and hasattr(os, "posix_fadvise"):
+                        os.posix_fadvise(fds[i], m.offset + start * c * 2, rows * c * 2, os.POSIX_FADV_DONTNEED)
+                    check_block(bits.view(np.float16), where, start)
+                    factor = HALF_TO_FLOAT_SCALE
+                else:
+                    block = np.asarray(arrays[i][start:stop], dtype=np.float32)
+                    check_block(block, where, start, block.sum(axis=1) if check_sums else None)
+                    factor = np.float32(1)
+                for s in range(0, rows, BLOCK_ROWS):
+                    e = min(s + BLOCK_ROWS, rows)
+                    if m.fast:
+                        x = half_bits_to_float(bits[s:e], local.work[: e - s])
+                        if check_sums:
+                            check_block(bits[s:e].view(np.float16), where, start + s, x.sum(axis=1) * factor)
+                    else:
+                        x = block[s:e]
+                    for g in range(scales.shape[0]):
+                        scale = np.float32(scales[g, i] * factor)
+                        if i == 0:
+                            np.multiply(x, scale, out=totals[g, s:e])
+                        else:
+                            y = np.multiply(x, scale, out=local.scaled[: e - s])
+                            np.add(totals[g, s:e], y, out=totals[g, s:e])
+            consume(start, stop, totals)
+        except BaseException as e:  # noqa: BLE001 - re-raised below, after the other workers
+            with lock:
+                failed[start] = e
+
+    try:
+        starts = range(0, n, chunk_rows)
+        if threads == 1:
+            for start in starts:
+                work(start)
+        else:
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(work, starts))
+    finally:
+        for fd in fds:
+            if fd >= 0:
+                os.close(fd)
+    if failed:
+        raise failed[min(failed)]
 
 
 def ensemble_predictions(
@@ -122,77 +226,126 @@ def ensemble_predictions(
     chunk_rows: int = CHUNK_ROWS,
     meta: dict | None = None,
     check_sums: bool = True,
+    dtype=np.float16,
+    threads: int | None = None,
 ) -> None:
-    """Write ``out = sum_i w_i * P_i / sum_i w_i`` as a float16 prediction.
+    """Write ``out = sum_i w_i * P_i / sum_i w_i`` as a prediction of ``dtype``.
 
     The original divides by M (the model count) instead of ``sum w``: the two differ
     by one positive constant, so the argmax and every column's ranking (all that the
     greedy redistribution reads) are identical, and with all w_i = 1 both are the
     mean the pseudo-label threshold relies on. Dividing by ``sum w`` keeps each row a
     probability distribution, so the recipe's power 25 (weights up to ~1e10 when
-    accuracies spread) cannot overflow float16 or lose the small values.
+    accuracies spread) cannot overflow or lose the small values.
 
-    Streaming (``webfg.stream``): row blocks of every member are read with pread into
-    two reused buffers (the next read runs in a thread while this block is summed),
-    converted to float32 and accumulated; memory is O(chunk_rows * C) whatever M and N
-    are, and the page cache of the inputs is released as it is read. The output is
-    written under a temporary name and renamed into place.
+    ``dtype`` float32 is for a final ensemble: rounding to float16 would make top-2 ties
+    (and move greedy's rankings) that the float32 sum did not have; float16 (the round
+    ensembles, read by the pseudo-label threshold) halves the file.
 
-    Raises InputError naming the file before any data is read when row order, row
-    count or class count differ, or a file is truncated or not float16; and naming
-    the file and row, with no output left, when a block holds NaN, inf, negative
-    values or (``check_sums``) a row that does not sum to ~1.
+    Streaming, one pass, both cores (``weighted_pass``); memory is O(threads * chunk_rows
+    * C) whatever M and N are. The output is written under a temporary name and renamed
+    into place. Raises InputError naming the file before any data is read when rows,
+    row order or class count differ, or a file is truncated, empty or not a float
+    matrix; and naming the file and row, with no output left, when a block holds NaN,
+    inf, values outside [0, 1] or (``check_sums``) a row that does not sum to ~1.
     """
     weights = np.asarray(weights, dtype=np.float64)
     if weights.shape != (len(stems),) or not np.all(np.isfinite(weights) & (weights > 0)):
         raise ValueError(f"need one positive finite weight per model, got {weights.tolist()}")
-    scales = (weights / weights.sum()).astype(np.float32)
-    readers, relpaths = _open_members(stems)
-    n, c = readers[0].shape
-    block = max(1, min(chunk_rows, n))
-    buffers = [np.empty((block, c), dtype=np.float16) for _ in range(2)]
-    as_float = np.empty((block, c), dtype=np.float32)
-    total = np.empty((block, c), dtype=np.float32)
-    out_half = np.empty((block, c), dtype=np.float16)
-    tasks = [(rows, i) for rows in _row_chunks(n, block) for i in range(len(readers))]
+    dtype = np.dtype(dtype)
+    if dtype not in (np.dtype(np.float16), np.dtype(np.float32)):
+        raise ValueError(f"ensemble dtype must be float16 or float32, got {dtype}")
+    members = _open_members(stems)
+    n, c = members[0].shape
+    scales = (weights / weights.sum())[None, :]
     out_npy, out_rows, out_json = prediction_paths(out_stem)
-    try:
-        with atomic_path(out_npy) as tmp, open(tmp, "wb") as out, ThreadPoolExecutor(1) as pool:
-            write_npy_header(out, (n, c))
-            read = lambda t, buf: readers[tasks[t][1]].read(tasks[t][0].start, tasks[t][0].stop, buf)  # noqa: E731
-            pending = pool.submit(read, 0, buffers[0]) if tasks else None
-            for t, (rows, i) in enumerate(tasks):
-                half = pending.result()
-                if t + 1 < len(tasks):
-                    pending = pool.submit(read, t + 1, buffers[(t + 1) % 2])
-                m = rows.stop - rows.start
-                check_block(half, str(readers[i].path), rows.start)
-                values = half_to_float(half, as_float[:m])
-                if check_sums:
-                    check_row_sums(values.sum(axis=1), str(readers[i].path), rows.start)
-                if i == 0:
-                    np.multiply(values, scales[0], out=total[:m])
-                else:
-                    _accumulate(total[:m], values, scales[i])
-                if i == len(readers) - 1:
-                    out.write(float_to_half(total[:m], out_half[:m]).tobytes())
-    finally:
-        for r in readers:
-            r.close()
-    write_split_list(out_rows, relpaths)
-    members = {"members": [str(s) for s in stems], "weights": weights.tolist()}
-    write_json(out_json, {**members, **(meta or {}), "num_rows": n, "num_classes": c})
+    with atomic_path(out_npy) as tmp:
+        with open(tmp, "wb") as out:
+            write_npy_header(out, (n, c), dtype)
+            offset = out.tell()
+            out.truncate(offset + n * c * dtype.itemsize)
+            fd = out.fileno()
+
+            def consume(start, stop, totals):
+                data = totals[0] if dtype == np.float32 else totals[0].astype(np.float16)
+                os.pwrite(fd, memoryview(data).cast("B"), offset + start * c * dtype.itemsize)
+
+            weighted_pass(members, scales, consume, chunk_rows, threads, check_sums)
+    write_split_list(out_rows, members[0].relpaths)
+    info = {"members": [str(s) for s in stems], "weights": weights.tolist()}
+    write_json(out_json, {**info, **(meta or {}), "num_rows": n, "num_classes": c})
 
 
-def _accumulate(total: np.ndarray, values: np.ndarray, scale: np.float32) -> None:
-    """total += scale * values, in place, without a temporary (torch's fused add when present)."""
+POWER_GRID = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 25.0)
+
+
+def parse_power(value, key: str = "power"):
+    """A configured power: a number >= 0, or the string ``auto``; anything else names ``key``."""
+    if isinstance(value, str) and value.strip() == "auto":
+        return "auto"
     try:
-        import torch
-    except ImportError:  # pragma: no cover
-        values *= scale
-        total += values
-        return
-    torch.from_numpy(total).add_(torch.from_numpy(values), alpha=float(scale))
+        power = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{key}: expected a number >= 0 or 'auto', got {value!r}") from None
+    if not (np.isfinite(power) and power >= 0):
+        raise InputError(f"{key}: expected a number >= 0 or 'auto', got {value!r}")
+    return power
+
+
+def member_accuracies(stems: Sequence) -> list[float | None]:
+    """Each member's ``val_accuracy`` from its JSON (None where absent); the ensemble checks
+    the rest of each file in its one pass."""
+    out = []
+    for stem in stems:
+        npy, _, js = prediction_paths(stem)
+        meta = read_json(js) if js.is_file() else {}
+        if not isinstance(meta, dict):
+            raise InputError(f"{js}: expected a JSON object")
+        acc = meta.get("val_accuracy")
+        if acc is not None and not (isinstance(acc, (int, float)) and 0 < acc <= 1):
+            raise InputError(f"{prediction_paths(stem)[2]}: val_accuracy {acc!r} is not a number in (0, 1]")
+        out.append(acc)
+    return out
+
+
+def choose_power(val_stems: Sequence, val_list, accuracies: Sequence[float | None], grid=POWER_GRID,
+                 key: str = "power", chunk_rows: int = CHUNK_ROWS,
+                 accuracy_from: Sequence | None = None) -> tuple[float, list[tuple[float, float]]]:
+    """The power of ``grid`` whose weighted ensemble of the members' val predictions has the
+    best val accuracy (the smallest such power on ties); returns it and (power, accuracy) rows.
+
+    Why: power 25 suits members within a few points of each other; with spread accuracies
+    it puts all the weight on one model (0.71 vs 0.34 gives 8e7 : 1), which can be worse
+    than the plain mean (power 0, in the grid). One pass computes every power's ensemble.
+    ``accuracy_from``: the stems whose JSON gave ``accuracies`` (named when one is missing).
+    """
+    members = _open_members(val_stems)
+    for stem, acc in zip(accuracy_from or val_stems, accuracies):
+        if acc is None:
+            raise InputError(f"{key}: auto needs every member's val accuracy; {prediction_paths(stem)[2]} has none")
+    answers = dict(read_split_list(val_list))
+    missing = next((r for r in members[0].relpaths if r not in answers), None)
+    if missing is not None:
+        raise InputError(f"{val_list}: has no label for {missing!r}, a row of {members[0].rows_path}")
+    truth = np.array([answers[r] for r in members[0].relpaths], dtype=np.int64)
+    grid = [float(g) for g in grid]
+    scales = np.stack([w / w.sum() for w in (ensemble_weights(accuracies, g) for g in grid)])
+    preds = np.empty((len(grid), truth.size), dtype=np.int64)
+
+    def consume(start, stop, totals):
+        for g in range(len(grid)):
+            preds[g, start:stop] = totals[g].argmax(axis=1)
+
+    weighted_pass(members, scales, consume, chunk_rows)
+    acc = (preds == truth).mean(axis=1)
+    best = int(np.argmax(acc))
+    return grid[best], list(zip(grid, acc.tolist()))
+
+
+def write_power_choice(path, table: Sequence[tuple[float, float]], chosen: float) -> None:
+    """``power  val_accuracy  chosen`` (TSV), the record of a ``power: auto`` choice."""
+    write_text(path, "power\tval_accuracy\tchosen\n"
+               + "".join(f"{p:g}\t{a:.6f}\t{int(p == chosen)}\n" for p, a in table))
 
 
 # ---------------------------------------------------------------- pseudo-labels
@@ -350,17 +503,108 @@ def top_candidates(probs: np.ndarray, k: int, chunk_rows: int = CHUNK_ROWS) -> t
     The balancing methods only move a row among its candidates: a class outside a
     row's top k has too little probability to be worth it, and (N, k) arrays keep the
     memory at N * k * 8 bytes (12 MB for 90,000 rows, k = 16) instead of N * C.
+    float16 rows are ranked on their bit patterns (the same order for values >= 0),
+    so only the k chosen values per row are converted.
     """
     n, c = probs.shape
     k = max(1, min(k, c))
     logp = np.empty((n, k), dtype=np.float32)
     cand = np.empty((n, k), dtype=np.int32)
     for rows in _row_chunks(n, chunk_rows):
-        block = _read_rows(probs, rows).astype(np.float32)
-        idx = np.argpartition(block, c - k, axis=1)[:, c - k:] if k < c else np.broadcast_to(np.arange(c), block.shape)
+        block = _read_rows(probs, rows)
+        keys = block.view(np.uint16) if block.dtype == np.float16 else block
+        idx = np.argpartition(keys, c - k, axis=1)[:, c - k:] if k < c else np.broadcast_to(np.arange(c), block.shape)
         cand[rows] = idx
-        logp[rows] = np.log(np.maximum(np.take_along_axis(block, idx, axis=1), 1e-30))
+        logp[rows] = np.log(np.maximum(np.take_along_axis(block, idx, axis=1).astype(np.float32), 1e-30))
     return logp, cand
+
+
+def log_train_prior(train_counts: np.ndarray) -> np.ndarray:
+    """Centred log of the (add-one smoothed) training class frequencies, float64 (C,)."""
+    counts = np.asarray(train_counts, dtype=np.float64)
+    u = np.log((counts + 1) / (counts.sum() + counts.size))
+    return u - u.mean()
+
+
+def _soft_counts(logp: np.ndarray, cand: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """Expected class counts of ``softmax(log p + shift[class])`` over each row's candidates."""
+    s = logp + shift.astype(np.float32)[cand]
+    s -= s.max(axis=1, keepdims=True)
+    np.exp(s, out=s)
+    s /= s.sum(axis=1, keepdims=True)
+    return np.bincount(cand.ravel(), weights=s.ravel(), minlength=shift.size)
+
+
+def training_bias_exponent(logp: np.ndarray, cand: np.ndarray, log_train: np.ndarray,
+                           max_tau: float = 3.0, steps: int = 30) -> float:
+    """tau >= 0 such that, after ``log p - tau * log_train``, the expected class counts of the
+    test rows no longer grow with the training prior (zero least-squares slope of log count
+    on ``log_train``).
+
+    Why this holds at the right tau: a test prior drawn independently of the training
+    prior (balanced, i.i.d. uniform, lognormal, ...) is uncorrelated with it, so any slope
+    left is the members' lean toward their training data. One number for all classes: it
+    cannot follow a class's own sampling noise, which is what forced balancing overfits.
+    """
+    u = log_train - log_train.mean()
+    if float(u @ u) < 1e-12:  # a balanced training set: nothing to correct
+        return 0.0
+    mean_count = logp.shape[0] / u.size
+
+    def slope(tau):
+        counts = _soft_counts(logp, cand, -tau * u)
+        return float(u @ np.log(counts + 0.5 * mean_count)) / float(u @ u)
+
+    if slope(0.0) <= 0:
+        return 0.0
+    lo, hi = 0.0, max_tau
+    if slope(hi) > 0:
+        return hi
+    for _ in range(steps):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if slope(mid) > 0 else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+def map_test_prior(logp: np.ndarray, cand: np.ndarray, shift: np.ndarray, concentration: float,
+                   iters: int = 200, tol: float = 1e-5) -> np.ndarray:
+    """MAP-EM (Saerens et al. 2002) estimate of the test class prior, as log pi (C,), for
+    posteriors ``softmax(log p + shift)`` made under a uniform prior, with a symmetric
+    Dirichlet prior of ``concentration * N / C`` extra rows per class pulling pi toward uniform."""
+    n, num_classes = logp.shape[0], shift.size
+    pseudo = concentration * n / num_classes
+    log_pi = np.full(num_classes, -np.log(num_classes))
+    for _ in range(iters):
+        counts = _soft_counts(logp, cand, shift + log_pi)
+        new = np.log((counts + pseudo) / (n + pseudo * num_classes))
+        step = float(np.max(np.abs(new - log_pi)))
+        log_pi = new
+        if step < tol:
+            break
+    return log_pi
+
+
+def redistribute_map(probs: np.ndarray, train_counts: np.ndarray, concentration: float = 4.0,
+                     candidates: int = 16, chunk_rows: int = CHUNK_ROWS, log=None) -> np.ndarray:
+    """Labels ``argmax_c log p + log pi_c - tau * log pi_train_c``: the logit adjustment by the
+    ensemble's effective training prior (tau of ``training_bias_exponent``), then the MAP-EM
+    test prior pi of ``map_test_prior`` (``concentration`` inf: pi uniform). Needs the
+    training class counts (``train_counts``, length C)."""
+    n, num_classes = probs.shape
+    train_counts = np.asarray(train_counts)
+    if train_counts.shape != (num_classes,):
+        raise ValueError(f"need {num_classes} training class counts, got shape {train_counts.shape}")
+    if not concentration >= 0:
+        raise ValueError(f"concentration must be >= 0, got {concentration}")
+    logp, cand = top_candidates(probs, candidates, chunk_rows)
+    u = log_train_prior(train_counts)
+    tau = training_bias_exponent(logp, cand, u)
+    log_pi = map_test_prior(logp, cand, -tau * u, concentration) if np.isfinite(concentration) else 0 * u
+    if log:
+        log(f"map: training-prior exponent tau {tau:.3f}; test prior estimate within "
+            f"[{np.exp(log_pi).min() * u.size:.2f}, {np.exp(log_pi).max() * u.size:.2f}] x uniform")
+    score = logp + (log_pi - tau * u).astype(np.float32)[cand]
+    return cand[np.arange(n), score.argmax(axis=1)].astype(np.int64)
 
 
 def _soft_assign(logp, cand, dual, temperature):
@@ -484,46 +728,109 @@ def write_submission(
 # ---------------------------------------------------------- final labels file
 
 
-def redistribute_labels(probs, relpaths, method: str, k: int, labels_path, counts_path, log=print,
-                        strength: float = 1.0, temperature: float = 0.05, candidates: int = 16) -> np.ndarray:
+METHODS = ("map", "greedy", "prior", "transport", "none")
+
+
+def check_redistribute_params(method: str, params: dict, prefix: str = "") -> None:
+    """One InputError naming ``prefix + key`` for a method or parameter out of range."""
+    if method not in METHODS:
+        raise InputError(f"{prefix}method: {method!r} is not one of {', '.join(METHODS)}")
+    rules = {"k": (lambda v: isinstance(v, (int, np.integer)) and v >= 1, "an integer >= 1", ("greedy",)),
+             "strength": (lambda v: 0 <= v <= 1, "a number in [0, 1]", ("prior", "transport")),
+             "temperature": (lambda v: 0 < v <= 1, "a number in (0, 1]", ("transport",)),
+             "candidates": (lambda v: isinstance(v, (int, np.integer)) and v >= 1, "an integer >= 1",
+                            ("map", "prior", "transport")),
+             "concentration": (lambda v: v >= 0, "a number >= 0 (inf: a uniform test prior)", ("map",))}
+    for key, (ok, expected, used_by) in rules.items():
+        if method in used_by and key in params:
+            value = params[key]
+            try:
+                good = not isinstance(value, bool) and bool(ok(value))
+            except TypeError:
+                good = False
+            if not good:
+                raise InputError(f"{prefix}{key}: {value!r} is out of range for method {method}; expected {expected}")
+
+
+def train_class_counts(train_list, num_classes: int) -> np.ndarray:
+    """Class counts (int64, C) of a labelled list; a label >= C names the list's line."""
+    labels = [y for _, y in read_split_list(train_list, num_classes=num_classes)]
+    if not labels:
+        raise InputError(f"{train_list}: no labelled rows; map needs the training class counts")
+    return np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
+
+
+def redistribute_labels(probs, relpaths, method: str, labels_path, counts_path, log=print, k: int = 0,
+                        strength: float = 1.0, temperature: float = 0.05, candidates: int = 16,
+                        concentration: float = 4.0, train_counts=None, prefix: str = "") -> np.ndarray:
     """Final labels of the submitted split, written as ``relpath  argmax  label`` (TSV),
     plus per-class counts before and after (for the report's histogram).
 
-    ``greedy`` (the original's, uses ``k``), ``prior`` and ``transport`` (global
-    balancing toward a uniform prior, ``redistribute_balanced``), ``none`` (argmax)."""
+    ``map`` (``redistribute_map``: training-prior logit adjustment + MAP-EM test prior,
+    needs ``train_counts``), ``greedy`` (the original's, uses ``k``), ``prior`` and
+    ``transport`` (balancing toward a uniform prior, ``redistribute_balanced``), ``none``
+    (argmax). Parameters out of range raise one InputError naming ``prefix + key``."""
+    check_redistribute_params(method, {"k": k, "strength": strength, "temperature": temperature,
+                                       "candidates": candidates, "concentration": concentration}, prefix)
     if len(relpaths) != probs.shape[0]:
         raise ValueError(f"{len(relpaths)} relpaths for {probs.shape[0]} rows")
+    if method == "greedy" and k > probs.shape[0]:
+        raise InputError(f"{prefix}k: {k} is more than the {probs.shape[0]} rows to label")
     pred = predicted_labels(probs)
     if method == "greedy":
         labels = redistribute_greedy(probs, k)
+    elif method == "map":
+        if train_counts is None:
+            raise InputError(f"{prefix}method: map needs the training class counts (a train list)")
+        labels = redistribute_map(probs, train_counts, concentration, candidates, log=log)
     elif method in ("prior", "transport"):
         labels = redistribute_balanced(probs, method, strength, temperature, candidates, log=log)
-    elif method == "none":
-        labels = pred.copy()
     else:
-        raise ValueError(f"unknown redistribution method {method!r} (greedy, prior, transport, none)")
+        labels = pred.copy()
     num_classes = probs.shape[1]
     before, after = class_counts(pred, num_classes), class_counts(labels, num_classes)
     write_text(labels_path, "relpath\targmax\tlabel\n"
                + "".join(f"{p}\t{a}\t{b}\n" for p, a, b in zip(relpaths, pred, labels)))
     write_text(counts_path, "class\tbefore\tafter\n"
                + "".join(f"{c}\t{x}\t{y}\n" for c, (x, y) in enumerate(zip(before, after))))
-    log(f"{method}: {int((labels != pred).sum())} of {len(labels)} relabelled; classes below k={k}: "
-        f"{int((before < k).sum())} before, {int((after < k).sum())} after")
+    floor = k if method == "greedy" else max(1, probs.shape[0] // num_classes - 2)
+    log(f"{method}: {int((labels != pred).sum())} of {len(labels)} relabelled; classes predicted fewer than "
+        f"{floor} times: {int((before < floor).sum())} before, {int((after < floor).sum())} after")
     return labels
 
 
 def read_labels(path) -> tuple[list[str], np.ndarray]:
-    """Read the labels TSV written by ``redistribute_labels`` → (relpaths, final labels)."""
-    relpaths, labels = [], []
-    with open(path, encoding="utf-8") as f:
-        header = f.readline().rstrip("\n").split("\t")
-        if header != ["relpath", "argmax", "label"]:
-            raise InputError(f"{path}:1: expected header 'relpath<TAB>argmax<TAB>label'")
-        for lineno, line in enumerate(f, 2):
-            parts = line.rstrip("\n").split("\t")
-            if len(parts) != 3:
-                raise InputError(f"{path}:{lineno}: expected 3 tab-separated fields")
-            relpaths.append(parts[0])
-            labels.append(int(parts[2]))
+    """Read the labels TSV written by ``redistribute_labels`` → (relpaths, final labels).
+
+    Every bad line is one InputError naming ``path:line``: wrong header (e.g. a prediction
+    ``.npy`` given instead), a label that is not a non-negative integer, a row named twice,
+    no rows at all."""
+    relpaths, labels, seen = [], [], {}
+    try:
+        with open(path, encoding="utf-8", newline="\n") as f:
+            lines = f.read().split("\n")
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not UTF-8 text; expected the labels TSV of 'webfg redistribute' "
+                         "(relpath<TAB>argmax<TAB>label)") from None
+    if lines[0].rstrip("\r").split("\t") != ["relpath", "argmax", "label"]:
+        raise InputError(f"{path}:1: expected the header 'relpath<TAB>argmax<TAB>label' "
+                         "(the labels TSV of 'webfg redistribute')")
+    for lineno, line in enumerate(lines[1:], 2):
+        if not line:
+            continue
+        parts = line.rstrip("\r").split("\t")
+        if len(parts) != 3:
+            raise InputError(f"{path}:{lineno}: expected 3 tab-separated fields, got {len(parts)}")
+        relpath, _, label = parts
+        if not label.isdigit() or not label.isascii():
+            raise InputError(f"{path}:{lineno}: label {label!r} is not a non-negative integer")
+        if relpath in seen:
+            raise InputError(f"{path}:{lineno}: row {relpath!r} appears twice (also on line {seen[relpath]})")
+        seen[relpath] = lineno
+        relpaths.append(relpath)
+        labels.append(int(label))
+    if not relpaths:
+        raise InputError(f"{path}: no rows after the header")
     return relpaths, np.asarray(labels, dtype=np.int64)

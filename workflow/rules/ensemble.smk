@@ -1,16 +1,18 @@
 rule ensemble_probs:
     input:
-        lambda w: round_predictions(w.round, w.split),
+        members=lambda w: round_predictions(w.round, w.split),
     output:
         prediction_files("results/{round}/ensemble/{split}"),
     log:
         "logs/{round}/ensemble/{split}.log",
-    # post-processing streams the probability files (<= 0.7 GiB, ~40 s at full scale): no queue wait
+    # post-processing streams the probability files (< 0.2 GiB, seconds when cached): no queue wait
     localrule: True
     conda:
         "../../envs/webfg.yaml"
     params:
         power=0,  # a round's ensemble is the plain mean, as the recipe's pseudo-labelling
+        power_key="rounds",
+        dtype="float16",  # read only by the pseudo-label threshold
     script:
         "../scripts/ensemble_probs.py"
 

@@ -11,6 +11,11 @@ from snakemake.utils import validate
 
 validate(config["legacy"], schema="../schemas/legacy.schema.yaml")
 LEGACY = config["legacy"]
+if LEGACY["power"] == "auto":
+    raise ValueError(
+        "config legacy.power: auto needs the members' val probabilities, which result "
+        "pickles do not have; give a number (the original's 25)"
+    )
 LEGACY_NAMES = sorted(
     os.path.basename(p)[: -len(".pkl")]
     for p in glob.glob(os.path.join(LEGACY["results_dir"], "*.pkl"))
@@ -55,7 +60,7 @@ rule legacy_import:
 
 rule legacy_ensemble:
     input:
-        legacy_members,
+        members=legacy_members,
     output:
         legacy_files("results/legacy/ensemble"),
     log:
@@ -66,6 +71,8 @@ rule legacy_ensemble:
         "../../envs/webfg.yaml"
     params:
         power=LEGACY["power"],
+        power_key="legacy.power",
+        dtype="float32",  # no top-2 ties made by rounding
     script:
         "../scripts/ensemble_probs.py"
 
@@ -79,6 +86,8 @@ use rule legacy_ensemble as legacy_mean with:
         "benchmarks/legacy/mean.tsv"
     params:
         power=0,
+        power_key="legacy.power",
+        dtype="float16",
 
 
 rule legacy_pseudo:
@@ -100,7 +109,7 @@ rule legacy_pseudo:
 
 rule legacy_redistribute:
     input:
-        "results/legacy/ensemble.npy",
+        ensemble="results/legacy/ensemble.npy",
     output:
         labels="results/legacy/labels.tsv",
         counts="results/legacy/class_counts.tsv",
@@ -111,7 +120,8 @@ rule legacy_redistribute:
     conda:
         "../../envs/webfg.yaml"
     params:
-        **LEGACY["redistribute"],
+        config=LEGACY["redistribute"],
+        key_prefix="legacy.redistribute.",
     script:
         "../scripts/redistribute.py"
 

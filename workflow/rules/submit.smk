@@ -1,25 +1,33 @@
 rule final_ensemble:
     input:
-        [f"results/{r}/infer/{m}/{FINAL['split']}.npy" for r, m in FINAL["members"]],
+        members=[
+            f"results/{r}/infer/{m}/{FINAL['split']}.npy" for r, m in FINAL["members"]
+        ],
+        val=[f"results/{r}/infer/{m}/val.npy" for r, m in FINAL["members"]],
+        val_list="results/clean/val.txt",
     output:
         prediction_files("results/final/ensemble"),
+        power="results/final/power.tsv",
     log:
         "logs/final/ensemble.log",
     benchmark:
         "benchmarks/final/ensemble.tsv"
-    # post-processing streams the probability files (<= 0.7 GiB, ~40 s at full scale): no queue wait
+    # post-processing streams the probability files (< 0.2 GiB, seconds when cached): no queue wait
     localrule: True
     conda:
         "../../envs/webfg.yaml"
     params:
         power=FINAL["power"],
+        power_key="final.power",
+        dtype="float32",  # no top-2 ties made by rounding
     script:
         "../scripts/ensemble_probs.py"
 
 
 rule redistribute:
     input:
-        "results/final/ensemble.npy",
+        ensemble="results/final/ensemble.npy",
+        train_list="results/clean/train.txt",  # map: the training prior it corrects
     output:
         labels="results/final/labels.tsv",
         counts=report(
@@ -32,16 +40,13 @@ rule redistribute:
         "logs/final/redistribute.log",
     benchmark:
         "benchmarks/final/redistribute.tsv"
-    # 0.3 GiB, ~30 s at full scale: runs where Snakemake runs
+    # < 0.3 GiB, seconds to ~30 s at full scale: runs where Snakemake runs
     localrule: True
     conda:
         "../../envs/webfg.yaml"
     params:
-        method=FINAL["redistribute"]["method"],
-        k=FINAL["redistribute"]["k"],
-        strength=FINAL["redistribute"]["strength"],
-        temperature=FINAL["redistribute"]["temperature"],
-        candidates=FINAL["redistribute"]["candidates"],
+        config=FINAL["redistribute"],
+        key_prefix="final.redistribute.",
     script:
         "../scripts/redistribute.py"
 
