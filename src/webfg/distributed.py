@@ -2,9 +2,9 @@
 
 - ``torchrun`` sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT.
 - ``srun`` with several tasks sets SLURM_PROCID / SLURM_STEP_NUM_TASKS / SLURM_LOCALID and
-  the job's node list; the master is the list's first host (parsed by submitit's Slurm job
-  environment, no ``scontrol`` call) and the port is derived from the job id, as submitit's
-  TorchDistributedEnvironment does, unless MASTER_PORT is set.
+  the step's node list; the master is the list's first host (``expand_hostlist``, no
+  ``scontrol`` call) and the port is derived from the job id (the same on every rank) unless
+  MASTER_PORT is set.
 - Anything else (a plain process, or the batch script of a multi-task job, which is not an
   ``srun`` step) is rank 0 of 1 and initialises nothing.
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime
 import os
 import random
+import re
 import socket
 from dataclasses import dataclass
 
@@ -42,6 +43,29 @@ class DistEnv:
         return self.world_size > 1
 
 
+def expand_hostlist(hostlist: str) -> list[str]:
+    """Slurm's compressed host list -> host names, in order.
+
+    ``node[01-03,7],gpu5`` -> node01 node02 node03 node7 gpu5; several bracket groups in one name
+    (``r[1-2]-n[1-2]``) expand as a product; zero padding is kept from the range's start.
+    """
+    hosts: list[str] = []
+    for name in re.findall(r"(?:[^,\[]|\[[^\]]*\])+", hostlist):
+        expanded = [""]
+        for literal, ranges in re.findall(r"([^\[]*)(?:\[([^\]]*)\])?", name):
+            values = [""]
+            if ranges:
+                values = []
+                for part in ranges.split(","):
+                    lo, _, hi = part.partition("-")
+                    if not lo.isdigit() or (hi and not hi.isdigit()):
+                        raise InputError(f"Slurm host list {hostlist!r}: cannot read the range {part!r}")
+                    values += [str(i).zfill(len(lo)) for i in range(int(lo), int(hi or lo) + 1)]
+            expanded = [e + literal + v for e in expanded for v in values]
+        hosts += expanded
+    return hosts
+
+
 def detect(environ=None) -> DistEnv:
     """Read the launcher's environment (no side effects)."""
     env = os.environ if environ is None else environ
@@ -51,13 +75,11 @@ def detect(environ=None) -> DistEnv:
                        env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", 29500)),
                        "torchrun" if world > 1 else "none")
     if int(env.get("SLURM_STEP_NUM_TASKS", 1)) > 1 and "SLURM_PROCID" in env:
-        from submitit.slurm.slurm import _parse_node_list
-
         nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or socket.gethostname()
         job_id = env.get("SLURM_JOB_ID", "0")
         port = int(env["MASTER_PORT"]) if "MASTER_PORT" in env else random.Random(job_id).randint(20000, 60000)
         return DistEnv(int(env["SLURM_PROCID"]), int(env["SLURM_STEP_NUM_TASKS"]), int(env.get("SLURM_LOCALID", 0)),
-                       _parse_node_list(nodes)[0], port, "srun")
+                       expand_hostlist(nodes)[0], port, "srun")
     return DistEnv()
 
 
