@@ -291,6 +291,28 @@ def test_bf16_autocast_learns(data, tmp_path):
     assert meta["val_accuracy"] >= 0.9
 
 
+def test_fp16_with_the_grad_scaler_learns_and_eql_sees_unscaled_gradients(data, tmp_path, monkeypatch):
+    """fp16 runs the GradScaler (loss x 2^16 at the start); SoftmaxEQL's statistics stay
+    those of the unscaled loss: of the order of the fp32 run's, not 65,536 times larger."""
+    from webfg.heads import SoftmaxEQL
+
+    seen = {}
+    collect = SoftmaxEQL._collect
+
+    def spy(self, grad, one_hot):
+        collect(self, grad, one_hot)
+        seen["pos"] = self.pos_grad.sum().item()
+        seen.setdefault("scales", set()).add(None if self.loss_scale is None else float(self.loss_scale))
+
+    monkeypatch.setattr(SoftmaxEQL, "_collect", spy)
+    run(data, tmp_path / "fp32.pt", "arcface", epochs=2)
+    fp32 = seen.pop("pos")
+    assert seen.pop("scales") == {None}
+    meta = run(data, tmp_path / "fp16.pt", "arcface", precision="fp16")
+    assert meta["val_accuracy"] >= 0.9 and 2.0**16 in seen["scales"]
+    assert 0 < seen["pos"] < 10 * fp32 * 3, (seen["pos"], fp32)  # 3x the epochs; scaled it would be ~65,536x
+
+
 def test_bad_scale_out_settings_fail_before_training(data, tmp_path):
     import os
     import subprocess

@@ -25,9 +25,8 @@ def adaptive_margins(class_counts, margin_min: float = 0.05, margin_max: float =
     counts = torch.as_tensor(class_counts, dtype=torch.float64).clamp(min=1)
     f = counts.pow(-0.25)
     span = f.max() - f.min()
-    if span <= 0:
-        return torch.full_like(f, margin_min, dtype=torch.float32)
-    return (margin_min + (margin_max - margin_min) * (f - f.min()) / span).float()
+    scaled = margin_min + (margin_max - margin_min) * (f - f.min()) / span.clamp(min=1e-300)
+    return torch.where(span > 0, scaled, torch.full_like(f, margin_min)).float()  # no host sync: works on meta
 
 
 class SubCenterArcFace(nn.Module):
