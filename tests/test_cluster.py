@@ -8,10 +8,11 @@ import pytest
 
 from webfg.cli import main
 from webfg.cluster import (
-    ResourceError, check_fits, check_local_gpus, check_workers, job_geometry, job_threads, launch_command, parse_sinfo,
+    ResourceError, check_cpu_job, check_fits, check_local_gpus, check_workers, job_geometry, job_threads, launch_command, parse_sinfo,
 )
 
-SINFO = "debug*|1|gpu:2\ngpu|3|gpu:a100:8(S:0-1)\ngpu|1|gpu:a100:4,gpu:v100:2\ncpu|10|(null)\n"
+SINFO = ("debug*|1|gpu:2|2|7900\ngpu|3|gpu:a100:8(S:0-1)|128|1000000\ngpu|1|gpu:a100:4,gpu:v100:2|64+|500000\n"
+         "cpu|10|(null)|32|192000\n")
 
 
 def test_geometry_is_one_process_per_gpu_spread_over_nodes():
@@ -34,10 +35,31 @@ def test_geometry_errors_name_the_key_to_change(res, key, hint):
 def test_sinfo_gives_each_partitions_gpus_per_node_and_node_count():
     parts = parse_sinfo(SINFO)
     assert parts == {
-        "debug": {"gpus_per_node": 2, "nodes": 1, "default": True},
-        "gpu": {"gpus_per_node": 8, "nodes": 4, "default": False},
-        "cpu": {"gpus_per_node": 0, "nodes": 10, "default": False},
+        "debug": {"gpus_per_node": 2, "cpus_per_node": 2, "mem_mb": 7900, "nodes": 1, "default": True},
+        "gpu": {"gpus_per_node": 8, "cpus_per_node": 128, "mem_mb": 1000000, "nodes": 4, "default": False},
+        "cpu": {"gpus_per_node": 0, "cpus_per_node": 32, "mem_mb": 192000, "nodes": 10, "default": False},
     }
+    assert parse_sinfo("gpu|4|gpu:3")["gpu"]["cpus_per_node"] == 0  # CPUs and memory not asked: unknown
+
+
+def test_cpus_and_memory_larger_than_any_node_are_refused_naming_the_key():
+    parts = parse_sinfo(SINFO)
+    check_fits("vit", job_geometry({"gpus": 8, "cpus_per_gpu": 16, "mem_mb": 900000}, "x"), parts, "gpu")
+    with pytest.raises(ResourceError, match=r"^models.vit.resources.cpus_per_gpu \(x 8 GPUs per node\): 256 CPUs per "
+                                            r"node, but the nodes of Slurm partition 'gpu' have at most 128; lower"):
+        check_fits("vit", job_geometry({"gpus": 8, "cpus_per_gpu": 32}, "x"), parts, "gpu")
+    with pytest.raises(ResourceError, match=r"^models.vit.resources.mem_mb: 16000 MB per node, but the nodes of Slurm "
+                                            r"partition 'debug' have at most 7900 MB; lower models.vit.resources"
+                                            r".mem_mb to at most 7900$"):
+        check_fits("vit", job_geometry({"gpus": 1, "cpus_per_gpu": 1, "mem_mb": 16000}, "x"), parts, "")
+    with pytest.raises(ResourceError, match=r"^models.demo.resources.cpus_per_gpu: 4 CPUs per node"):
+        check_fits("demo", job_geometry({}, "x"), parts, "debug")  # CPU-only: one process of 4 CPUs
+    check_cpu_job("clean.resources", 32, 192000, parts, "cpu")
+    with pytest.raises(ResourceError, match=r"^clean.resources.cpus: 4 CPUs per node, but the nodes of Slurm "
+                                            r"partition 'debug' have at most 2; lower clean.resources.cpus$"):
+        check_cpu_job("clean.resources", 4, 1000, parts, "")
+    with pytest.raises(ResourceError, match=r"'nope' \(WEBFG_SLURM_CPU_PARTITION\) is not one of"):
+        check_cpu_job("clean.resources", 1, 1000, parts, "nope")
 
 
 def test_requests_larger_than_the_partition_are_refused_with_the_fix():

@@ -177,6 +177,15 @@ def test_gpu_request_larger_than_the_partition_is_refused_before_submission(clus
     assert not set(after) - set(before)  # nothing submitted (older jobs may age out meanwhile)
 
 
+def test_cpu_job_larger_than_any_node_is_refused_naming_its_key(cluster, tmp_path):
+    (tmp_path / "big.yaml").write_text("clean:\n  resources: {cpus: 64}\n")
+    proc = subprocess.run(slurm_cmd(tmp_path, "results/submit.zip", configs=[str(tmp_path / "big.yaml")]),
+                          cwd=tmp_path, env=env(), capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert ("clean.resources.cpus: 64 CPUs per node, but the nodes of Slurm partition 'debug' have at most 2; "
+            "lower clean.resources.cpus") in proc.stdout + proc.stderr
+
+
 def test_no_sbatch_on_path_is_one_clear_message(tmp_path):
     # PATH as on a machine without Slurm: every tool of the system's PATH except Slurm's
     bin_dir = tmp_path / "bin"

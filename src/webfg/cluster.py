@@ -76,36 +76,66 @@ def check_local_gpus(requests: dict[str, int], gpus_here: list[str]) -> None:
                                 f"({','.join(gpus_here)}); lower it or submit with --profile profiles/slurm")
 
 
-def parse_sinfo(text: str) -> dict[str, dict]:
-    """``sinfo -h -o '%P|%D|%G'`` -> {partition: {gpus_per_node, nodes, default}}.
+SINFO_FORMAT = "%P|%D|%G|%c|%m"  # partition, nodes, generic resources, CPUs per node, memory per node (MB)
 
-    Each line is one group of nodes; a partition's GPUs per node is the largest group's
-    count (``gpu:8``, ``gpu:a100:8(S:0-1)``, ``gpu:a100:4,gpu:v100:2`` -> 4 and 2 -> 4).
+
+def parse_sinfo(text: str) -> dict[str, dict]:
+    """``sinfo -h -o '%P|%D|%G|%c|%m'`` -> {partition: {gpus_per_node, cpus_per_node, mem_mb, nodes, default}}.
+
+    Each line is one group of nodes; a partition's GPUs, CPUs and memory per node are the
+    largest group's (``gpu:8``, ``gpu:a100:8(S:0-1)``, ``gpu:a100:4,gpu:v100:2`` -> 4 and 2 -> 4;
+    ``64+`` -> 64). The last two columns may be absent (older callers): then nothing is known of them.
     """
     parts: dict[str, dict] = {}
     for line in text.splitlines():
         if not line.strip():
             continue
-        name, nodes, gres = line.strip().split("|")
+        name, nodes, gres, *sizes = line.strip().split("|")
+        cpus, mem_mb = ([int(v.rstrip("+")) if v.rstrip("+").isdigit() else 0 for v in sizes] + [0, 0])[:2]
         default = name.endswith("*")
         name = name.rstrip("*")
         gpus = max([int(m) for m in re.findall(r"gpu(?::[^:,()]+)?:(\d+)", gres)] or [0])
-        p = parts.setdefault(name, {"gpus_per_node": 0, "nodes": 0, "default": default})
+        p = parts.setdefault(name, {"gpus_per_node": 0, "cpus_per_node": 0, "mem_mb": 0, "nodes": 0,
+                                    "default": default})
         p["gpus_per_node"] = max(p["gpus_per_node"], gpus)
+        p["cpus_per_node"] = max(p["cpus_per_node"], cpus)
+        p["mem_mb"] = max(p["mem_mb"], mem_mb)
         p["nodes"] += int(nodes)
     return parts
+
+
+def _partition(partitions: dict[str, dict], partition: str | None, variable: str) -> tuple[str, dict]:
+    if not partition:
+        partition = next((n for n, p in partitions.items() if p["default"]), None)
+    if partition not in partitions:
+        raise ResourceError(f"Slurm partition {partition!r} ({variable}) is not one of {sorted(partitions)} (sinfo)")
+    return partition, partitions[partition]
+
+
+def check_node_size(cpus: int, cpus_key: str, mem_mb: int, mem_key: str, partition: str, p: dict) -> None:
+    """Refuse CPUs or memory per node that no node of the partition has (sbatch would refuse the
+    job, or it would pend forever), naming the key to lower. 0 in ``p`` = unknown: not checked."""
+    if p["cpus_per_node"] and cpus > p["cpus_per_node"]:
+        raise ResourceError(f"{cpus_key}: {cpus} CPUs per node, but the nodes of Slurm partition {partition!r} "
+                            f"have at most {p['cpus_per_node']}; lower {cpus_key}")
+    if p["mem_mb"] and mem_mb > p["mem_mb"]:
+        raise ResourceError(f"{mem_key}: {mem_mb} MB per node, but the nodes of Slurm partition {partition!r} "
+                            f"have at most {p['mem_mb']} MB; lower {mem_key} to at most {p['mem_mb']}")
+
+
+def check_cpu_job(where: str, cpus: int, mem_mb: int, partitions: dict[str, dict], partition: str | None) -> None:
+    """A CPU job (clean_split: ``where`` = clean.resources) against the CPU partition."""
+    name, p = _partition(partitions, partition, "WEBFG_SLURM_CPU_PARTITION")
+    check_node_size(cpus, f"{where}.cpus", mem_mb, f"{where}.mem_mb", name, p)
 
 
 def check_fits(model: str, geometry: dict, partitions: dict[str, dict], partition: str | None) -> None:
     """Refuse, before submission, a model whose request the partition can never satisfy."""
     where = f"models.{model}.resources"
-    if not partition:
-        partition = next((n for n, p in partitions.items() if p["default"]), None)
-    if partition not in partitions:
-        raise ResourceError(f"Slurm partition {partition!r} (WEBFG_SLURM_GPU_PARTITION) is not one of "
-                            f"{sorted(partitions)} (sinfo)")
-    p = partitions[partition]
-    if geometry["gpus"] == 0:
+    partition, p = _partition(partitions, partition, "WEBFG_SLURM_GPU_PARTITION")
+    if geometry["gpus"] == 0:  # a CPU-only model: one process with cpus_per_gpu CPUs
+        check_node_size(geometry["cpus_per_task"], f"{where}.cpus_per_gpu", geometry["mem_mb"], f"{where}.mem_mb",
+                        partition, p)
         return
     gpus, per_node, most = geometry["gpus"], geometry["tasks_per_node"], p["gpus_per_node"]
     if per_node > most:
@@ -122,6 +152,8 @@ def check_fits(model: str, geometry: dict, partitions: dict[str, dict], partitio
     if geometry["nodes"] > p["nodes"]:
         raise ResourceError(f"{where}.nodes: {geometry['nodes']} nodes, but Slurm partition {partition!r} has "
                             f"{p['nodes']}; lower {where}.nodes or gpus")
+    check_node_size(geometry["cpus_per_task"] * per_node, f"{where}.cpus_per_gpu (x {per_node} GPUs per node)",
+                    geometry["mem_mb"], f"{where}.mem_mb", partition, p)
 
 
 def launch_command(argv: list[str], nodes: int, tasks_per_node: int, cpus_per_task: int, gpus: bool,

@@ -19,6 +19,11 @@ rule clean_split:
         "benchmarks/clean/clean_split.tsv"
     conda:
         "../../envs/webfg.yaml"
+    threads: config["clean"]["resources"]["cpus"]
+    resources:
+        cpus_per_task=config["clean"]["resources"]["cpus"],
+        mem_mb=config["clean"]["resources"]["mem_mb"],
+        runtime=config["clean"]["resources"]["runtime"],
     params:
         root=DATA_ROOT,
         num_classes=config["data"]["num_classes"],

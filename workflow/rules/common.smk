@@ -3,7 +3,9 @@ import os
 from snakemake.utils import validate
 
 from webfg.cluster import (
+    SINFO_FORMAT,
     ResourceError,
+    check_cpu_job,
     check_fits,
     check_local_gpus,
     check_workers,
@@ -215,18 +217,26 @@ def check_slurm_requests():
             "profiles/workstation on one machine"
         )
     sinfo = subprocess.run(
-        ["sinfo", "-h", "-o", "%P|%D|%G"], capture_output=True, text=True
+        ["sinfo", "-h", "-o", SINFO_FORMAT], capture_output=True, text=True
     )
     if sinfo.returncode:
         raise ConfigError(f"sinfo failed: {sinfo.stderr.strip()}")
     partitions = parse_sinfo(sinfo.stdout)
     partition = os.environ.get("WEBFG_SLURM_GPU_PARTITION", "")
-    for rnd in ROUNDS:
-        for m in config["rounds"][rnd]["models"]:
-            try:
+    clean = config["clean"]["resources"]
+    try:
+        for rnd in ROUNDS:
+            for m in config["rounds"][rnd]["models"]:
                 check_fits(m, model_resources(m), partitions, partition)
-            except ResourceError as e:
-                raise ConfigError(f"config {e}") from None
+        check_cpu_job(
+            "clean.resources",
+            clean["cpus"],
+            clean["mem_mb"],
+            partitions,
+            os.environ.get("WEBFG_SLURM_CPU_PARTITION", ""),
+        )
+    except ResourceError as e:
+        raise ConfigError(f"config {e}") from None
 
 
 check_config()
