@@ -223,18 +223,13 @@ def test_killed_pretraining_resumes_to_identical_weights(data, tmp_path):
     """SIGUSR1, SIGINT, SIGTERM and SIGKILL mid-epoch, then a clean finish: the encoder of
     one uninterrupted run, bit for bit (a checkpoint every update)."""
     import signal
-    import sys
-    import time
 
     from test_train import kill_and_resume
 
     over = {"epochs": 4, "checkpoint_every": 1}
-    t0 = time.perf_counter()
-    run(data, tmp_path / "full.pth", **over)
-    duration = time.perf_counter() - t0
-    cmd = mae_cmd(data, tmp_path, "killed", over)
     signals = [(signal.SIGUSR1, 75), (signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGKILL, -9)]
-    points = kill_and_resume(cmd, duration, signals, tmp_path / "killed.state" / "last.pt")
+    points = kill_and_resume(mae_cmd(data, tmp_path, "full", over), mae_cmd(data, tmp_path, "killed", over), signals,
+                             tmp_path / "killed.state" / "last.pt")
     a, b = load_checkpoint(tmp_path / "full.pth"), load_checkpoint(tmp_path / "killed.pth")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), points
 

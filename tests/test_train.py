@@ -198,24 +198,35 @@ def test_accumulation_and_two_ranks_match_one_big_batch(data, tmp_path):
 KILL_SEED_ENV = "WEBFG_KILL_SEED"  # set it to replay a failure's kill points
 
 
-def kill_and_resume(cmd, duration, signals, state, capsys=None):
-    """Start ``cmd``, send each signal at a random moment (once the trainer is running),
-    check each exit status, then finish the run. The kill points' seed is printed (and
-    taken from $WEBFG_KILL_SEED when set), so a failure can be replayed."""
+def kill_and_resume(full_cmd, cmd, signals, state):
+    """Run ``full_cmd`` uninterrupted (timing it from the moment its signal handlers are in),
+    then start ``cmd`` again and again, sending each signal at a random moment, checking each
+    exit status, and finish the run. Each delay is at most 15% of the uninterrupted run, so
+    the stops together never reach its end on a machine whose speed varies. The kill
+    points' seed is printed (and taken from $WEBFG_KILL_SEED when set) to replay a failure."""
     import os
     import random
     import subprocess
     import time
 
+    def started(proc):
+        while "params" not in (line := proc.stdout.readline()):  # handlers are installed
+            assert line, "trainer exited before starting"
+        return time.perf_counter()
+
+    full = subprocess.Popen(full_cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    t0 = started(full)
+    rest = full.communicate(timeout=600)[0]
+    duration = time.perf_counter() - t0
+    assert full.returncode == 0, rest[-2000:]
     seed = int(os.environ.get(KILL_SEED_ENV) or random.SystemRandom().randrange(2**31))
     print(f"kill points: {KILL_SEED_ENV}={seed}")
     rng = random.Random(seed)
-    points = [f"{KILL_SEED_ENV}={seed}"]
+    points = [f"{KILL_SEED_ENV}={seed}", ("training s", round(duration, 2))]
     for sig, code in signals:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        while "params" not in (line := proc.stdout.readline()):  # handlers are installed
-            assert line, "trainer exited before starting"
-        delay = rng.uniform(0.05, 0.3) * duration
+        started(proc)
+        delay = rng.uniform(0.03, 0.15) * duration
         time.sleep(delay)
         proc.send_signal(sig)
         rest = proc.communicate(timeout=120)[0]
@@ -223,7 +234,7 @@ def kill_and_resume(cmd, duration, signals, state, capsys=None):
         assert proc.returncode == code, (points, rest[-2000:])
         if code > 0:
             assert f"{sig.name}: saved" in rest, (points, rest[-2000:])
-    assert state.exists(), points
+        assert state.exists(), (points, "no resumable state left after this stop", rest[-2000:])
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "resumed from" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
     return points
@@ -238,16 +249,12 @@ def test_killed_at_random_points_resumes_to_identical_weights(data, tmp_path):
     from the position). The first three save before exiting."""
     import signal
     import sys
-    import time
 
     cfg = {"head": "linear", "epochs": 3, "batch_size": 4, "checkpoint_every": 1, "mixup_alpha": 0.0,
            "cutmix_alpha": 0.0}
-    t0 = time.perf_counter()
-    run(data, tmp_path / "full.pt", **cfg)
-    duration = time.perf_counter() - t0  # kill points scale with this machine's speed
     cmd = [sys.executable, *train_cmd(data, tmp_path, "killed", cfg)]
-    points = kill_and_resume(cmd, duration, [(getattr(signal, n), c) for n, c in STOP_SIGNALS],
-                             tmp_path / "killed.state" / "last.pt")
+    points = kill_and_resume([sys.executable, *train_cmd(data, tmp_path, "full", cfg)], cmd,
+                             [(getattr(signal, n), c) for n, c in STOP_SIGNALS], tmp_path / "killed.state" / "last.pt")
     a = load_checkpoint(tmp_path / "full.pt")["state_dict"]
     b = load_checkpoint(tmp_path / "killed.pt")["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a), points

@@ -43,7 +43,11 @@ def load_checkpoint(path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle.UnpicklingError, RuntimeError, EOFError ...
-        raise InputError(f"{path}: not a loadable webfg checkpoint ({type(e).__name__}: {e})") from None
+        if "Weights only load failed" in str(e):  # torch's several-paragraph advice, in one line
+            why = "it holds Python objects besides tensors and plain containers, which are never unpickled"
+        else:
+            why = f"{type(e).__name__}: " + next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+        raise InputError(f"{path}: not a loadable webfg checkpoint ({why})") from None
 
 
 def load_resumable(state_dir: Path, fp: str, log=print, is_main: bool = True) -> dict | None:
