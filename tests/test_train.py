@@ -94,9 +94,9 @@ def test_inference_writes_probabilities_with_val_accuracy(data, tmp_path):
 
     val = read_split_list(data / "val.txt")
     rows = [p for p, _ in read_split_list(data / "train.txt")][:10]
-    acc = infer_splits(tmp_path / "m.pt", data, val, {"val": (None, tmp_path / "val"), "x": (rows, tmp_path / "x")},
-                       log=lambda m: None)
-    probs, got_rows, meta = load_predictions(tmp_path / "x")
+    acc = infer_splits(tmp_path / "m.pt", data, val,
+                       {"val": (None, tmp_path / "val"), "train": (rows, tmp_path / "train")}, log=lambda m: None)
+    probs, got_rows, meta = load_predictions(tmp_path / "train")  # a split's rows lie under its folder
     assert probs.shape == (10, 2) and got_rows == rows and probs.dtype == np.float16
     np.testing.assert_allclose(probs.astype(np.float32).sum(1), 1.0, atol=2e-3)
     assert meta["val_accuracy"] == acc >= 0.9
