@@ -84,18 +84,41 @@ class ModelConfig:
         return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
 
 
-def check_arch(arch: str, where: str) -> None:
+def check_arch(arch: str, where: str, cache_dir=None) -> None:
     """An architecture timm does not know fails here, at parse time, with its close
-    matches, rather than when its job starts (imports timm, hence torch: a few seconds)."""
+    matches, rather than when its job starts. Listing timm's models imports torch (seconds);
+    with ``cache_dir`` the list is kept there per timm version, so later parses read a file."""
     import difflib
 
+    names = timm_model_names(cache_dir)
+    if arch.split(".", 1)[0] in names:  # "name.pretrained_tag" is the model "name"
+        return
+    close = difflib.get_close_matches(arch, sorted(names), n=5, cutoff=0.6)
+    hint = f"; close matches: {', '.join(close)}" if close else "; see timm.list_models()"
+    raise InputError(f"{where}.arch: {arch!r} is not a timm model (timm {_timm_version()}){hint}")
+
+
+def _timm_version() -> str:
+    from importlib.metadata import version
+
+    return version("timm")
+
+
+def timm_model_names(cache_dir=None) -> set[str]:
+    """Every model name timm registers (``timm.list_models()``), cached per timm version."""
+    from pathlib import Path
+
+    cache = Path(cache_dir) / f"timm-{_timm_version()}-models.txt" if cache_dir else None
+    if cache is not None and cache.is_file():
+        return set(cache.read_text(encoding="utf-8").split())
     import timm
 
-    if timm.is_model(arch):
-        return
-    close = difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.6)
-    hint = f"; close matches: {', '.join(close)}" if close else "; see timm.list_models()"
-    raise InputError(f"{where}.arch: {arch!r} is not a timm model (timm {timm.__version__}){hint}")
+    names = timm.list_models()
+    if cache is not None:
+        from webfg.io import write_text
+
+        write_text(cache, "".join(n + "\n" for n in names))
+    return set(names)
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")

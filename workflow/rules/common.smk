@@ -98,15 +98,16 @@ def check_config():
 
 
 def check_archs():
-    """Every timm architecture exists (in the main process only: jobs re-parse the workflow,
-    and importing timm costs seconds)."""
+    """Every timm architecture exists (in the main process only: jobs re-parse the workflow).
+    timm's model list is cached under .snakemake/ per timm version (listing it imports torch).
+    """
     if not workflow.is_main_process:
         return
     entries = [(f"models.{n}", e) for n, e in MODELS.items()]
     entries += [(f"pretrain.{n}", e) for n, e in PRETRAIN.items()]
     for where, entry in entries:
         try:
-            check_arch(entry["arch"], where)
+            check_arch(entry["arch"], where, cache_dir=".snakemake/webfg")
         except ValueError as e:
             raise ConfigError(f"config {e}") from None
 
