@@ -247,13 +247,15 @@ def part_power(m, n, c, work: Path):
         write_split_list(folder / "test.txt", [(f"testb/{i:06d}.jpg", int(y)) for i, y in enumerate(labels)])
         accs = member_accuracies(stems)
         chosen, val_table = choose_power([f"{s}.val" for s in stems], folder / "val.txt", accs)
-        _, test_table = choose_power(stems, folder / "test.txt", accs)
+        plain, _ = choose_power([f"{s}.val" for s in stems], folder / "val.txt", accs, balanced=False)
+        _, test_table = choose_power(stems, folder / "test.txt", accs, balanced=False)
         test = dict(test_table)
         best_fixed = max(test[0.0], test[25.0])
-        print(f"{name}: member val accuracy {min(accs):.3f}-{max(accs):.3f}; val picks p = {chosen:g}; test "
+        print(f"{name}: member val accuracy {min(accs):.3f}-{max(accs):.3f}; val (mean per-class recall) picks "
+              f"p = {chosen:g} (plain val accuracy would pick {plain:g}); test "
               f"p=0 {100 * test[0.0]:.2f}, p=25 {100 * test[25.0]:.2f}, auto {100 * test[chosen]:.2f} "
               f"({100 * (test[chosen] - best_fixed):+.2f} vs the better of the two)")
-        print("    val top-1 by power: " + ", ".join(f"{p:g}: {100 * a:.2f}" for p, a in val_table)
+        print("    val mean per-class recall by power: " + ", ".join(f"{p:g}: {100 * a:.2f}" for p, a in val_table)
               + f" (grid {list(POWER_GRID)})")
 
 

@@ -335,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("stems", nargs="+", help="prediction stems (or .npy files), or folders of them")
     s.add_argument("--out", required=True)
     s.add_argument("--power", default="25", help="weights (acc_i / min acc)^power; 0 = plain mean; auto = the "
-                   "power of {0, 1, 2, 4, 8, 16, 25} best on val (needs --val-list)")
+                   "power of {0, 1, 2, 4, 8, 16, 25} best on val, by mean per-class recall (needs --val-list)")
     s.add_argument("--accuracy-from-name", action="store_true", help="legacy: '...-7620' in the name = 0.7620")
     s.add_argument("--dtype", default="float32", choices=["float32", "float16"],
                    help="float32 (default) makes no top-2 ties by rounding; float16 halves the file")
