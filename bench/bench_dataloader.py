@@ -18,9 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
-
 from bench_workflow import environment
+from PIL import Image
 
 
 def make_jpegs(root: Path, n: int) -> list[tuple[str, int]]:
@@ -38,8 +37,9 @@ def make_jpegs(root: Path, n: int) -> list[tuple[str, int]]:
 
 
 def rate(dataset, workers: int, batch: int, repeats: int) -> float:
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers,
-                                         persistent_workers=workers > 0)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch, shuffle=True, num_workers=workers, persistent_workers=workers > 0
+    )
     next(iter(loader))  # start-up (worker spawn) is not throughput
     seen, t0 = 0, time.perf_counter()
     for _ in range(repeats):
@@ -54,8 +54,12 @@ def main() -> None:
     p.add_argument("--size", type=int, default=448)
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--gpu-rate", type=float, default=100.0,
-                   help="training images/s of one GPU (ViT-L/448 bf16 on an A100 is of this order)")
+    p.add_argument(
+        "--gpu-rate",
+        type=float,
+        default=100.0,
+        help="training images/s of one GPU (ViT-L/448 bf16 on an A100 is of this order)",
+    )
     a = p.parse_args()
     from webfg.config import ModelConfig
     from webfg.data import ImageList, eval_transform, train_transform
@@ -67,8 +71,10 @@ def main() -> None:
         root = Path(tmp)
         samples = make_jpegs(root, a.images)
         kb = sum((root / r).stat().st_size for r, _ in samples) / len(samples) / 1024
-        print(f"{a.images} JPEGs, 500x375, {kb:.0f} KiB each; training size {a.size}, RandAugment "
-              f"{cfg.randaugment}, random erasing {cfg.random_erasing}")
+        print(
+            f"{a.images} JPEGs, 500x375, {kb:.0f} KiB each; training size {a.size}, RandAugment "
+            f"{cfg.randaugment}, random erasing {cfg.random_erasing}"
+        )
         per_worker = None
         for name, transform in (("train", train_transform(cfg)), ("eval", eval_transform(cfg))):
             for w in a.workers:
@@ -78,9 +84,11 @@ def main() -> None:
                 if name == "train" and w == 1:
                     per_worker = r
     if per_worker:
-        print(f"one worker decodes + augments {per_worker:.0f} img/s at {a.size} px: a GPU training at "
-              f"{a.gpu_rate:.0f} img/s needs >= {a.gpu_rate / per_worker:.1f} workers (cores) of this CPU, "
-              f"i.e. set num_workers to about {int(np.ceil(a.gpu_rate / per_worker)) + 1} and cpus_per_gpu above that")
+        print(
+            f"one worker decodes + augments {per_worker:.0f} img/s at {a.size} px: a GPU training at "
+            f"{a.gpu_rate:.0f} img/s needs >= {a.gpu_rate / per_worker:.1f} workers (cores) of this CPU, "
+            f"i.e. set num_workers to about {int(np.ceil(a.gpu_rate / per_worker)) + 1} and cpus_per_gpu above that"
+        )
 
 
 if __name__ == "__main__":

@@ -38,8 +38,19 @@ def run_seed(seed: int, config: Path, extra: list[Path], keep: Path | None) -> t
         workdir = keep / f"seed{seed}" if keep else Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "seed.yaml").write_text(yaml.safe_dump(overlay), encoding="utf-8")
-        cmd = [str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2",
-               "--configfile", str(config), *map(str, extra), str(workdir / "seed.yaml")]
+        cmd = [
+            str(SNAKEMAKE),
+            "-s",
+            str(REPO / "Snakefile"),
+            "-d",
+            str(workdir),
+            "--cores",
+            "2",
+            "--configfile",
+            str(config),
+            *map(str, extra),
+            str(workdir / "seed.yaml"),
+        ]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         seconds = time.perf_counter() - t0
@@ -73,13 +84,15 @@ def main(argv=None) -> None:
         print(f"seed {seed}: {seconds[seed] / 60:.1f} min", flush=True)
 
     stages = [r["stage"] for r in per_seed[a.seeds[0]]]
-    rounds = stages[:stages.index("final_ensemble")]
+    rounds = stages[: stages.index("final_ensemble")]
     a.out.mkdir(parents=True, exist_ok=True)
     with open(a.out / "demo_seeds.tsv", "w", encoding="utf-8") as f:
         f.write("\t".join(["seed", "stage", *COLUMNS, "wall_s"]) + "\n")
         for seed, rows in per_seed.items():
             for r in rows:
-                f.write("\t".join([str(seed), r["stage"], *(r.get(c, "") for c in COLUMNS), f"{seconds[seed]:.0f}"]) + "\n")
+                f.write(
+                    "\t".join([str(seed), r["stage"], *(r.get(c, "") for c in COLUMNS), f"{seconds[seed]:.0f}"]) + "\n"
+                )
 
     def values(stage: str, column: str) -> list[float]:
         out = []
@@ -89,14 +102,23 @@ def main(argv=None) -> None:
                 out.append(float(cell))
         return out
 
-    lines = [f"demo over model seeds {a.seeds} ({a.config.name}), mean +- sd", "",
-             "| stage | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    lines = [
+        f"demo over model seeds {a.seeds} ({a.config.name}), mean +- sd",
+        "",
+        "| stage | " + " | ".join(COLUMNS) + " |",
+        "|---" * (len(COLUMNS) + 1) + "|",
+    ]
     for stage in stages:
         lines.append(f"| {stage} | " + " | ".join(mean_sd(values(stage, c)) for c in COLUMNS) + " |")
-    gains = [last - first for first, last in zip(values(rounds[0], "accuracy_testb"), values(rounds[-1], "accuracy_testb"))]
-    lines += ["", f"gain {rounds[-1]} - {rounds[0]} (testb): {mean_sd([100 * g for g in gains])} points "
-              f"(per seed: {', '.join(f'{100 * g:+.2f}' for g in gains)})",
-              f"wall time per run: {mean_sd([s / 60 for s in seconds.values()])} min"]
+    gains = [
+        last - first for first, last in zip(values(rounds[0], "accuracy_testb"), values(rounds[-1], "accuracy_testb"))
+    ]
+    lines += [
+        "",
+        f"gain {rounds[-1]} - {rounds[0]} (testb): {mean_sd([100 * g for g in gains])} points "
+        f"(per seed: {', '.join(f'{100 * g:+.2f}' for g in gains)})",
+        f"wall time per run: {mean_sd([s / 60 for s in seconds.values()])} min",
+    ]
     text = "\n".join(lines) + "\n"
     (a.out / "demo_seeds.md").write_text(text, encoding="utf-8")
     print(text)

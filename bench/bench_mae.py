@@ -42,9 +42,23 @@ def arm(workdir: Path, overlays: list[Path], seed: int) -> dict:
     (workdir / "seed.yaml").write_text(f"models: {{vit_linear: {{seed: {seed}}}}}\n")
     configs = [str(REPO / "config/demo.yaml"), *map(str, overlays), str(workdir / "seed.yaml")]
     t0 = time.perf_counter()
-    subprocess.run([str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2",
-                    TARGET, "--configfile", *configs], check=True, capture_output=True,
-                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    subprocess.run(
+        [
+            str(SNAKEMAKE),
+            "-s",
+            str(REPO / "Snakefile"),
+            "-d",
+            str(workdir),
+            "--cores",
+            "2",
+            TARGET,
+            "--configfile",
+            *configs,
+        ],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     wall = time.perf_counter() - t0
     answers = load_answers(workdir / "data/demo/answers/testb.txt")
     probs, rows, meta = load_predictions(workdir / TARGET, mmap=False)
@@ -72,16 +86,22 @@ def main() -> None:
                 (base / name).mkdir(parents=True, exist_ok=True)
                 r = arm(base / name, overlays, seed)
                 results[name].append(r)
-                print(f"{name:8s} seed {seed}: val {r['val']:.3f} testb {r['testb']:.3f} "
-                      f"(fine-tune {r['train_s']:.0f} s; val by epoch {r['val_by_epoch']})", flush=True)
+                print(
+                    f"{name:8s} seed {seed}: val {r['val']:.3f} testb {r['testb']:.3f} "
+                    f"(fine-tune {r['train_s']:.0f} s; val by epoch {r['val_by_epoch']})",
+                    flush=True,
+                )
         pre = base / "mae/results/pretrain/vit_mae.history.tsv"
         history = list(csv.DictReader(pre.open(), delimiter="\t"))
         pre_s = benchmark_s(base / "mae/benchmarks/pretrain/vit_mae.tsv")
-        n_images = (base / "mae/results/clean/train.txt").read_text().count("\n") + \
-            (base / "mae/results/clean/testa.txt").read_text().count("\n")
-        print(f"MAE pre-training: {len(history)} epochs on {n_images} images in {pre_s:.0f} s "
-              f"({float(history[-1]['images_per_s']):.0f} img/s), loss {float(history[0]['train_loss']):.3f} -> "
-              f"{float(history[-1]['train_loss']):.3f}")
+        n_images = (base / "mae/results/clean/train.txt").read_text().count("\n") + (
+            base / "mae/results/clean/testa.txt"
+        ).read_text().count("\n")
+        print(
+            f"MAE pre-training: {len(history)} epochs on {n_images} images in {pre_s:.0f} s "
+            f"({float(history[-1]['images_per_s']):.0f} img/s), loss {float(history[0]['train_loss']):.3f} -> "
+            f"{float(history[-1]['train_loss']):.3f}"
+        )
         print("| start | seeds | val accuracy | testb accuracy | fine-tune s |\n|---|---|---|---|---|")
         for name, rs in results.items():
             cells = []

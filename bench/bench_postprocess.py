@@ -40,16 +40,17 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 from synth import BLOCK, Synth  # noqa: E402
 
-SCALES = {"tiny": (17, 1800, 100), "small": (17, 9000, 500), "mid": (17, 18000, 5000),
-          "full": (17, 90000, 5000)}
+SCALES = {"tiny": (17, 1800, 100), "small": (17, 9000, 500), "mid": (17, 18000, 5000), "full": (17, 90000, 5000)}
 
 
 def hardware() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    mem = next((int(line.split()[1]) // 1024 ** 2 for line in open("/proc/meminfo") if line.startswith("MemTotal")), 0)
+    mem = next((int(line.split()[1]) // 1024**2 for line in open("/proc/meminfo") if line.startswith("MemTotal")), 0)
     cores = len(os.sched_getaffinity(0))
-    return (f"{cpu}, {cores} cores, {mem} GiB RAM; Python {platform.python_version()}, numpy {np.__version__}, "
-            f"{platform.platform()}")
+    return (
+        f"{cpu}, {cores} cores, {mem} GiB RAM; Python {platform.python_version()}, numpy {np.__version__}, "
+        f"{platform.platform()}"
+    )
 
 
 def evict(paths) -> None:
@@ -64,13 +65,14 @@ def evict(paths) -> None:
 def measured(step: str, *args) -> tuple[float, float, str]:
     """Run ``step`` of this script in a fresh process: (wall s, peak RSS GiB, its stdout)."""
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, __file__, "--step", step, *map(str, args)], stdout=subprocess.PIPE,
-                          text=True)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--step", step, *map(str, args)], stdout=subprocess.PIPE, text=True
+    )
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"step {step} failed ({proc.returncode})")
     *lines, peak = proc.stdout.strip().splitlines()
-    return wall, int(peak) / 1024 ** 2, "\n".join(lines)
+    return wall, int(peak) / 1024**2, "\n".join(lines)
 
 
 def peak_rss_kib() -> int:
@@ -120,8 +122,22 @@ def step_original(*pkls):
 def step_redistribute(stem, method, k, train_list):
     from webfg.cli import main
 
-    main(["redistribute", stem, "--method", method, "--k", k, "--train-list", train_list,
-          "--out", f"{stem}.{method}.tsv", "--counts", f"{stem}.{method}.counts.tsv"])
+    main(
+        [
+            "redistribute",
+            stem,
+            "--method",
+            method,
+            "--k",
+            k,
+            "--train-list",
+            train_list,
+            "--out",
+            f"{stem}.{method}.tsv",
+            "--counts",
+            f"{stem}.{method}.counts.tsv",
+        ]
+    )
 
 
 # ------------------------------------------------------------------------- parts
@@ -133,8 +149,10 @@ def part_ensemble(m, n, c, work: Path, legacy_models: int | None) -> Path:
     stems = synth.write(work / "models", "balanced", log=lambda msg: None)
     npys = [f"{s}.npy" for s in stems]
     size = sum(os.path.getsize(p) for p in npys)
-    print(f"\n1. ensemble of {m} x {n} rows x {c} classes float16 ({size / 1e9:.2f} GB; generated in "
-          f"{time.perf_counter() - t0:.0f} s)")
+    print(
+        f"\n1. ensemble of {m} x {n} rows x {c} classes float16 ({size / 1e9:.2f} GB; generated in "
+        f"{time.perf_counter() - t0:.0f} s)"
+    )
     rows = []
     evict(npys)
     floor_cold, rss, _ = measured("read", *npys)
@@ -167,8 +185,10 @@ def part_ensemble(m, n, c, work: Path, legacy_models: int | None) -> Path:
     print(f"{'':52s} {'wall s':>8s} {'peak RSS GiB':>13s}")
     for name, wall, rss in rows:
         print(f"{name:52s} {wall:8.2f} {rss:13.2f}")
-    print(f"cold: {cold / floor_cold:.2f}x the cold read floor; warm: {warm:.1f} s ({warm / floor_warm:.1f}x the "
-          f"warm floor); {orig / cold:.1f}x faster than the original, both cold; {note}")
+    print(
+        f"cold: {cold / floor_cold:.2f}x the cold read floor; warm: {warm:.1f} s ({warm / floor_warm:.1f}x the "
+        f"warm floor); {orig / cold:.1f}x faster than the original, both cold; {note}"
+    )
     return work / "ens", synth
 
 
@@ -176,11 +196,11 @@ def ensemble_in_memory(synth: Synth, labels: np.ndarray) -> np.ndarray:
     ens = np.empty((synth.n, synth.c), np.float32)
     buf = np.empty((BLOCK, synth.c), np.float16)
     for start in range(0, synth.n, BLOCK):
-        y = labels[start:start + BLOCK]
+        y = labels[start : start + BLOCK]
         total = np.zeros((y.size, synth.c), np.float32)
         for model in range(synth.m):
             total += synth.block(model, start, y, buf)[: y.size]
-        ens[start:start + y.size] = total / synth.m
+        ens[start : start + y.size] = total / synth.m
     return ens
 
 
@@ -188,8 +208,10 @@ def part_redistribution(m, n, c, seeds=(0, 1)):
     from webfg.postprocess import predicted_labels, redistribute_balanced, redistribute_greedy, redistribute_map
 
     per_class = n / c
-    print(f"\n2. redistribution top-1 (%), {m} members x {n} rows x {c} classes, plain-mean ensemble in float32; "
-          "methods as points over argmax")
+    print(
+        f"\n2. redistribution top-1 (%), {m} members x {n} rows x {c} classes, plain-mean ensemble in float32; "
+        "methods as points over argmax"
+    )
     header = f"{'test labels':10s} {'seed':>4s} {'argmax':>7s} {'greedy best K':>14s} {'prior':>7s} {'transport':>9s} {'map':>7s}"
     print(header)
     times: dict[str, list[float]] = {}
@@ -207,25 +229,30 @@ def part_redistribution(m, n, c, seeds=(0, 1)):
                 return 100 * float((out == labels).mean())
 
             base = timed("argmax", lambda: predicted_labels(ens))
-            greedy = [(timed("greedy", lambda: redistribute_greedy(ens, k)), k)
-                      for k in range(max(1, int(per_class) - 6), int(per_class) + 1)]
+            greedy = [
+                (timed("greedy", lambda: redistribute_greedy(ens, k)), k)
+                for k in range(max(1, int(per_class) - 6), int(per_class) + 1)
+            ]
             res["greedy"] = max(greedy)
             res["prior"] = timed("prior", lambda: redistribute_balanced(ens, "prior"))
             res["transport"] = timed("transport", lambda: redistribute_balanced(ens, "transport"))
             res["map"] = timed("map", lambda: redistribute_map(ens, synth.train_counts))
             g, k = res["greedy"]
-            print(f"{prior:10s} {seed:4d} {base:7.2f} {g - base:+9.2f} K={k:<2d} {res['prior'] - base:+7.2f} "
-                  f"{res['transport'] - base:+9.2f} {res['map'] - base:+7.2f}", flush=True)
-    print("method wall s at this scale (in process): "
-          + ", ".join(f"{k} {np.mean(v):.2f}" for k, v in times.items()))
+            print(
+                f"{prior:10s} {seed:4d} {base:7.2f} {g - base:+9.2f} K={k:<2d} {res['prior'] - base:+7.2f} "
+                f"{res['transport'] - base:+9.2f} {res['map'] - base:+7.2f}",
+                flush=True,
+            )
+    print("method wall s at this scale (in process): " + ", ".join(f"{k} {np.mean(v):.2f}" for k, v in times.items()))
 
 
 def part_redistribute_command(stem: Path, synth: Synth, work: Path):
     from webfg.io import write_split_list
 
     train = work / "train.txt"
-    write_split_list(train, [(f"train/{i}.jpg", int(y)) for i, y in enumerate(np.repeat(
-        np.arange(synth.c), synth.train_counts))])
+    write_split_list(
+        train, [(f"train/{i}.jpg", int(y)) for i, y in enumerate(np.repeat(np.arange(synth.c), synth.train_counts))]
+    )
     k = max(1, synth.n // synth.c - 2)
     print(f"\n{'webfg redistribute on the ensemble of part 1':52s} {'wall s':>8s} {'peak RSS GiB':>13s}")
     for method in ["greedy", "map", "prior", "transport"]:
@@ -238,8 +265,10 @@ def part_power(m, n, c, work: Path):
     from webfg.postprocess import POWER_GRID, choose_power, member_accuracies
 
     print("\n3. power auto: test top-1 (%) of p = 0, p = 25 and the power chosen on val")
-    worlds = [("benchmark world", Synth(m, n, c, seed=0)),
-              ("2 models, spread accuracies", Synth(2, n, c, seed=0, skill=[1.0, 0.3]))]
+    worlds = [
+        ("benchmark world", Synth(m, n, c, seed=0)),
+        ("2 models, spread accuracies", Synth(2, n, c, seed=0, skill=[1.0, 0.3])),
+    ]
     for name, synth in worlds:
         folder = work / "power" / name.split()[0]
         stems = synth.write(folder, "balanced", log=lambda msg: None, val_rows=n // 2)
@@ -251,22 +280,33 @@ def part_power(m, n, c, work: Path):
         _, test_table = choose_power(stems, folder / "test.txt", accs, balanced=False)
         test = dict(test_table)
         best_fixed = max(test[0.0], test[25.0])
-        print(f"{name}: member val accuracy {min(accs):.3f}-{max(accs):.3f}; val (mean per-class recall) picks "
-              f"p = {chosen:g} (plain val accuracy would pick {plain:g}); test "
-              f"p=0 {100 * test[0.0]:.2f}, p=25 {100 * test[25.0]:.2f}, auto {100 * test[chosen]:.2f} "
-              f"({100 * (test[chosen] - best_fixed):+.2f} vs the better of the two)")
-        print("    val mean per-class recall by power: " + ", ".join(f"{p:g}: {100 * a:.2f}" for p, a in val_table)
-              + f" (grid {list(POWER_GRID)})")
+        print(
+            f"{name}: member val accuracy {min(accs):.3f}-{max(accs):.3f}; val (mean per-class recall) picks "
+            f"p = {chosen:g} (plain val accuracy would pick {plain:g}); test "
+            f"p=0 {100 * test[0.0]:.2f}, p=25 {100 * test[25.0]:.2f}, auto {100 * test[chosen]:.2f} "
+            f"({100 * (test[chosen] - best_fixed):+.2f} vs the better of the two)"
+        )
+        print(
+            "    val mean per-class recall by power: "
+            + ", ".join(f"{p:g}: {100 * a:.2f}" for p, a in val_table)
+            + f" (grid {list(POWER_GRID)})"
+        )
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n")[-1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog=__doc__.split("\n\n")[-1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--scale", choices=sorted(SCALES), default="small", help="ensemble files of part 1")
     p.add_argument("--world", choices=sorted(SCALES), default="small", help="worlds of parts 2 and 3")
     p.add_argument("--workdir", default="/tmp/webfg-bench-post")
-    p.add_argument("--legacy-models", type=int, help="models in the original's run (default: all; its time "
-                   "is scaled to all models, it is linear in M)")
+    p.add_argument(
+        "--legacy-models",
+        type=int,
+        help="models in the original's run (default: all; its time is scaled to all models, it is linear in M)",
+    )
     p.add_argument("--parts", default="123")
     p.add_argument("--keep", action="store_true", help="keep the generated files")
     p.add_argument("--step", help=argparse.SUPPRESS)

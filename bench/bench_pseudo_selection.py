@@ -50,10 +50,12 @@ def rows_for(run: Path, rnd: str, split: str, answers: dict[str, int]) -> list[s
         counts = s.per_class_counts(predicted)
         per_class_precision = [correct[predicted[kept] == c].mean() for c in range(num_classes) if counts[c]]
         setting = ", ".join(f"{k} {v}" for k, v in kw.items())
-        out.append(f"| {rnd} | {split} | {scheme} ({setting}) | {kept.sum()} / {kept.size} | "
-                   f"{correct.mean() if kept.any() else float('nan'):.3f} | {(counts == 0).sum()} | "
-                   f"{counts.min()} / {int(np.median(counts))} / {counts.max()} | "
-                   f"{min(per_class_precision) if per_class_precision else float('nan'):.2f} |")
+        out.append(
+            f"| {rnd} | {split} | {scheme} ({setting}) | {kept.sum()} / {kept.size} | "
+            f"{correct.mean() if kept.any() else float('nan'):.3f} | {(counts == 0).sum()} | "
+            f"{counts.min()} / {int(np.median(counts))} / {counts.max()} | "
+            f"{min(per_class_precision) if per_class_precision else float('nan'):.2f} |"
+        )
     return out
 
 
@@ -66,9 +68,13 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, default=REPO / "bench/results/pseudo_selection.md")
     a = ap.parse_args(argv)
     answers_dir = a.answers or a.run / "data/demo/answers"
-    lines = [f"pseudo-label selection on {a.run} (answer key {answers_dir})", "",
-             "| round | split | scheme | kept | precision | classes without any | per class min / median / max "
-             "| worst class precision |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"pseudo-label selection on {a.run} (answer key {answers_dir})",
+        "",
+        "| round | split | scheme | kept | precision | classes without any | per class min / median / max "
+        "| worst class precision |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for split in a.splits:
         answers = load_answers(answers_dir / f"{split}.txt")
         for rnd in a.rounds:

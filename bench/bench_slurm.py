@@ -29,9 +29,13 @@ SITE = {"WEBFG_SLURM_GPU_PARTITION": "debug", "WEBFG_SLURM_CPU_PARTITION": "debu
 
 def run(workdir: Path, *args: str) -> tuple[float, str]:
     t0 = time.perf_counter()
-    proc = subprocess.run([str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args],
-                          check=True, capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", **SITE})
+    proc = subprocess.run(
+        [str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **SITE},
+    )
     return time.perf_counter() - t0, proc.stdout + proc.stderr
 
 
@@ -48,20 +52,35 @@ def main() -> None:
                 fake_accv_tree(Path(tmp))
                 t, out = run(Path(tmp), *extra, "-n", "--configfile", str(REPO / "config/config.yaml"))
                 times.append(t)
-        print(f"dry run, 17-model plan, {name}: {statistics.mean(times):.2f} s mean, "
-              f"{min(times):.2f}-{max(times):.2f} s over {a.runs} runs (target <= 5 s)")
-    requests = sorted({re.sub(r"tmpdir=\S+ |disk\S+ |mem=\S+ [GM]B, |mem_mib=\d+, ", "", line.strip())
-                       for line in out.splitlines() if "gpu=" in line})
+        print(
+            f"dry run, 17-model plan, {name}: {statistics.mean(times):.2f} s mean, "
+            f"{min(times):.2f}-{max(times):.2f} s over {a.runs} runs (target <= 5 s)"
+        )
+    requests = sorted(
+        {
+            re.sub(r"tmpdir=\S+ |disk\S+ |mem=\S+ [GM]B, |mem_mib=\d+, ", "", line.strip())
+            for line in out.splitlines()
+            if "gpu=" in line
+        }
+    )
     print("GPU requests in that plan:\n  " + "\n  ".join(requests))
     if a.tiny:
         configs = ["--configfile", str(REPO / "config/tiny.yaml")]
         with tempfile.TemporaryDirectory() as tmp:
             local, _ = run(Path(tmp), "--cores", "2", "results/submit.zip", *configs)
         with tempfile.TemporaryDirectory() as tmp:
-            slurm, _ = run(Path(tmp), *SLURM, *CI_LAYER, "results/submit.zip", *configs,
-                           str(REPO / "tests/profiles/slurm-ci/tiny-resources.yaml"))
-        print(f"tiny pipeline: local {local:.0f} s, through Slurm {slurm:.0f} s "
-              f"(+{slurm - local:.0f} s; target <= +120 s)")
+            slurm, _ = run(
+                Path(tmp),
+                *SLURM,
+                *CI_LAYER,
+                "results/submit.zip",
+                *configs,
+                str(REPO / "tests/profiles/slurm-ci/tiny-resources.yaml"),
+            )
+        print(
+            f"tiny pipeline: local {local:.0f} s, through Slurm {slurm:.0f} s "
+            f"(+{slurm - local:.0f} s; target <= +120 s)"
+        )
 
 
 if __name__ == "__main__":

@@ -20,19 +20,43 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_workflow import environment
 from PIL import Image
 
-from bench_workflow import environment
-
 MODELS = {
-    "vit": dict(arch="vit_tiny_r_s16_p8_224", arch_kwargs={"img_size": 32, "patch_size": 2, "depth": 4},
-                head="linear", mixup_alpha=0.0, cutmix_alpha=0.0),
-    "swin": dict(arch="swinv2_tiny_window8_256", head="arcface",
-                 arch_kwargs={"img_size": 32, "window_size": 4, "embed_dim": 32, "depths": [2, 2, 2, 2],
-                              "num_heads": [1, 2, 4, 8]}),
+    "vit": dict(
+        arch="vit_tiny_r_s16_p8_224",
+        arch_kwargs={"img_size": 32, "patch_size": 2, "depth": 4},
+        head="linear",
+        mixup_alpha=0.0,
+        cutmix_alpha=0.0,
+    ),
+    "swin": dict(
+        arch="swinv2_tiny_window8_256",
+        head="arcface",
+        arch_kwargs={
+            "img_size": 32,
+            "window_size": 4,
+            "embed_dim": 32,
+            "depths": [2, 2, 2, 2],
+            "num_heads": [1, 2, 4, 8],
+        },
+    ),
 }
-COMMON = dict(img_size=32, epochs=1, batch_size=64, base_lr=0.016, warmup_epochs=0, hflip=0.0, randaugment=None,
-              crop_scale=[0.6, 1.0], test_crop_pct=1.0, mean=[0.5] * 3, std=[0.5] * 3, drop_path=0.1)
+COMMON = dict(
+    img_size=32,
+    epochs=1,
+    batch_size=64,
+    base_lr=0.016,
+    warmup_epochs=0,
+    hflip=0.0,
+    randaugment=None,
+    crop_scale=[0.6, 1.0],
+    test_crop_pct=1.0,
+    mean=[0.5] * 3,
+    std=[0.5] * 3,
+    drop_path=0.1,
+)
 
 
 def make_images(root: Path, n: int, classes: int) -> list[tuple[str, int]]:
@@ -69,7 +93,10 @@ def bare(cfg, root, samples, classes) -> float:
 
     torch.manual_seed(0)
     if cfg.head == "linear":
-        model, head = timm.create_model(cfg.arch, num_classes=classes, drop_path_rate=cfg.drop_path, **cfg.arch_kwargs), None
+        model, head = (
+            timm.create_model(cfg.arch, num_classes=classes, drop_path_rate=cfg.drop_path, **cfg.arch_kwargs),
+            None,
+        )
         params = list(model.parameters())
     else:
         model = timm.create_model(cfg.arch, num_classes=0, drop_path_rate=cfg.drop_path, **cfg.arch_kwargs)
@@ -77,8 +104,9 @@ def bare(cfg, root, samples, classes) -> float:
         params = list(model.parameters()) + list(head.parameters())
     opt = create_optimizer_v2(params, opt="adamw", lr=1e-3, weight_decay=0.05)
     criterion = LabelSmoothingCrossEntropy(0.1) if head is None else torch.nn.CrossEntropyLoss()
-    loader = torch.utils.data.DataLoader(ImageList(root, samples, train_transform(cfg)), batch_size=cfg.batch_size,
-                                         shuffle=True)
+    loader = torch.utils.data.DataLoader(
+        ImageList(root, samples, train_transform(cfg)), batch_size=cfg.batch_size, shuffle=True
+    )
     model.train()
     seen, t0 = 0, time.perf_counter()
     for _ in range(cfg.epochs):
@@ -116,9 +144,11 @@ def main() -> None:
             rates["bare timm"].append(bare(cfg, root, samples, classes))
             print(f"pair {i + 1}: webfg {rates['webfg'][-1]:.0f} img/s, bare timm {rates['bare timm'][-1]:.0f} img/s")
     ratio = statistics.median(rates["webfg"]) / statistics.median(rates["bare timm"])
-    print(f"{a.arch} ({cfg.arch}, {cfg.head}), batch {cfg.batch_size}, {a.images} images x {a.epochs} epoch(s), "
-          f"{torch.get_num_threads()} threads: webfg {statistics.median(rates['webfg']):.0f} img/s vs bare timm "
-          f"{statistics.median(rates['bare timm']):.0f} img/s -> ratio {ratio:.3f} (target >= 0.95)")
+    print(
+        f"{a.arch} ({cfg.arch}, {cfg.head}), batch {cfg.batch_size}, {a.images} images x {a.epochs} epoch(s), "
+        f"{torch.get_num_threads()} threads: webfg {statistics.median(rates['webfg']):.0f} img/s vs bare timm "
+        f"{statistics.median(rates['bare timm']):.0f} img/s -> ratio {ratio:.3f} (target >= 0.95)"
+    )
 
 
 if __name__ == "__main__":

@@ -28,16 +28,23 @@ def environment() -> str:
     import timm
     import torch
 
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    return (f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, torch {torch.__version__}, "
-            f"timm {timm.__version__}, numpy {numpy.__version__}, snakemake {snakemake.__version__}")
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    return (
+        f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, torch {torch.__version__}, "
+        f"timm {timm.__version__}, numpy {numpy.__version__}, snakemake {snakemake.__version__}"
+    )
 
 
 def run(workdir: Path, *args: str) -> tuple[float, str]:
     """Wall seconds and stdout of one Snakemake run."""
     t0 = time.perf_counter()
-    proc = subprocess.run([str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2", *args],
-                          check=True, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.run(
+        [str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2", *args],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     return time.perf_counter() - t0, proc.stdout
 
 
@@ -49,9 +56,14 @@ def job_total(dry_run_output: str) -> tuple[int, int]:
 
 
 def fake_accv_tree(root: Path) -> None:
-    for rel in ["data/accv/train/0000/a.jpg", "data/accv/testa/x.jpg", "data/accv/testb/y.jpg",
-                "pretrained/mae_vit_large_train_testa_1600e.pth", "pretrained/swinv2_large_patch4_window12_192_22k.pth",
-                "pretrained/swinv2_base_patch4_window12_192_22k.pth"]:
+    for rel in [
+        "data/accv/train/0000/a.jpg",
+        "data/accv/testa/x.jpg",
+        "data/accv/testb/y.jpg",
+        "pretrained/mae_vit_large_train_testa_1600e.pth",
+        "pretrained/swinv2_large_patch4_window12_192_22k.pth",
+        "pretrained/swinv2_base_patch4_window12_192_22k.pth",
+    ]:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(b"")
 
@@ -70,9 +82,11 @@ def main() -> None:
             seconds, out = run(Path(tmp), "-n", "--configfile", str(REPO / "config/config.yaml"))
             times.append(seconds)
     trainings, total = job_total(out)
-    lines.append(f"dry run, 17-model plan ({trainings} training jobs, {total} jobs in all): "
-                 f"{statistics.mean(times):.2f} s mean, {min(times):.2f}-{max(times):.2f} s over {a.runs} runs "
-                 "(target <= 5 s)")
+    lines.append(
+        f"dry run, 17-model plan ({trainings} training jobs, {total} jobs in all): "
+        f"{statistics.mean(times):.2f} s mean, {min(times):.2f}-{max(times):.2f} s over {a.runs} runs "
+        "(target <= 5 s)"
+    )
     if a.demo:
         with tempfile.TemporaryDirectory() as tmp:
             seconds, _ = run(Path(tmp), "--configfile", str(REPO / "config/demo.yaml"))

@@ -27,6 +27,7 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "tests" / "fixtures" / "mmpretrain"))
 
 import make_fixtures  # noqa: E402  (MMPretrain's modules, randomised as for the test fixtures)
+
 from webfg.convert import convert_checkpoint, model_config  # noqa: E402
 from webfg.model import Classifier  # noqa: E402
 from webfg.train import load_model  # noqa: E402
@@ -47,8 +48,10 @@ def compare(name, src_path, model_name, x, want, tmp):
         got = load_model(tmp / f"{name}.pt").predict_logits(x)
     diff = (got - want).abs().max().item()
     same_top = bool((got.argmax(1) == want.argmax(1)).all())
-    print(f"{name}: converted in {t_convert:.1f}s; max |logit diff| {diff:.2e} (logits up to {want.abs().max():.1f}); "
-          f"same argmax {same_top}")
+    print(
+        f"{name}: converted in {t_convert:.1f}s; max |logit diff| {diff:.2e} (logits up to {want.abs().max():.1f}); "
+        f"same argmax {same_top}"
+    )
     return diff
 
 
@@ -71,8 +74,12 @@ def swin(tmp):
 
     g = torch.Generator().manual_seed(0)
     # the fine-tuned Swin-V2-L at 384 (windows 24,24,24,12 from 12,12,12,6) + sub-centre ArcFace
-    net = randomise(SwinTransformerV2(arch="large", img_size=384, window_size=[24, 24, 24, 12],
-                                      pretrained_window_sizes=[12, 12, 12, 6]), 1)
+    net = randomise(
+        SwinTransformerV2(
+            arch="large", img_size=384, window_size=[24, 24, 24, 12], pretrained_window_sizes=[12, 12, 12, 6]
+        ),
+        1,
+    )
     sd = {f"backbone.{k}": v for k, v in net.state_dict().items()}
     sd["head.norm_linear.weight"] = torch.randn(3 * C, 1536, generator=g)
     sd["head.margins"] = torch.rand(C, generator=g)
@@ -101,8 +108,9 @@ def vit(tmp):
 
     g = torch.Generator().manual_seed(0)
     # the fine-tuned ViT-L at 448 (avg token, ln2, no final norm) + LinearClsHead
-    net = randomise(VisionTransformer(arch="large", img_size=448, patch_size=16, out_type="avg_featmap",
-                                      final_norm=False), 3)
+    net = randomise(
+        VisionTransformer(arch="large", img_size=448, patch_size=16, out_type="avg_featmap", final_norm=False), 3
+    )
     sd = {f"backbone.{k}": v for k, v in net.state_dict().items()}
     sd["head.fc.weight"], sd["head.fc.bias"] = torch.randn(C, 1024, generator=g) * 0.02, torch.zeros(C)
     x = torch.randn(1, 3, 448, 448, generator=g)
@@ -132,8 +140,16 @@ def shapes():
 
     import webfg.convert as conv
 
-    for fn in ["kaiming_uniform_", "uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_",
-               "xavier_uniform_"]:
+    for fn in [
+        "kaiming_uniform_",
+        "uniform_",
+        "normal_",
+        "trunc_normal_",
+        "constant_",
+        "ones_",
+        "zeros_",
+        "xavier_uniform_",
+    ]:
         setattr(torch.nn.init, fn, lambda t, *a, **k: t)
     torch.Tensor.normal_ = torch.Tensor.uniform_ = lambda t, *a, **k: t
 
@@ -144,16 +160,25 @@ def shapes():
         c.backbone = conv._adapt_backbone(c.backbone, model.backbone, mode, name, notes)  # full: window tables too
         state, more = conv._assemble(model, c, mode, name)
         values = sum(v.numel() for v in state.values()) / 1e6
-        print(f"{name} -> {model_name} ({mode}): {len(state)} tensors, {values:.1f} M values fit; "
-              f"{len(c.dropped)} left out; notes: {[n[:80] for n in notes + more]}")
+        print(
+            f"{name} -> {model_name} ({mode}): {len(state)} tensors, {values:.1f} M values fit; "
+            f"{len(c.dropped)} left out; notes: {[n[:80] for n in notes + more]}"
+        )
 
     def heads(sd, arcface, width):
-        return {**sd, **({"head.norm_linear.weight": torch.empty(3 * C, width), "head.margins": torch.empty(C)}
-                         if arcface else {"head.fc.weight": torch.empty(C, width), "head.fc.bias": torch.empty(C)})}
+        return {
+            **sd,
+            **(
+                {"head.norm_linear.weight": torch.empty(3 * C, width), "head.margins": torch.empty(C)}
+                if arcface
+                else {"head.fc.weight": torch.empty(C, width), "head.fc.bias": torch.empty(C)}
+            ),
+        }
 
     for arch, model_name, width in [("large", "swinv2_l_arc", 1536), ("base", "swinv2_b_arc", 1024)]:
-        net = SwinTransformerV2(arch=arch, img_size=384, window_size=[24, 24, 24, 12],
-                                pretrained_window_sizes=[12, 12, 12, 6])
+        net = SwinTransformerV2(
+            arch=arch, img_size=384, window_size=[24, 24, 24, 12], pretrained_window_sizes=[12, 12, 12, 6]
+        )
         sd = {f"backbone.{k}": v for k, v in net.state_dict().items()}
         check(f"swin-{arch[0]}-384-arc", heads(sd, True, width), "mmcls-swinv2", model_name, "full")
         net = SwinTransformerV2(arch=arch, img_size=192, window_size=12)
@@ -177,9 +202,11 @@ def main():
     import mmpretrain
     import timm
 
-    print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, Python "
-          f"{platform.python_version()}, torch {torch.__version__}, timm {timm.__version__}, "
-          f"mmpretrain {mmpretrain.__version__}")
+    print(
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, Python "
+        f"{platform.python_version()}, torch {torch.__version__}, timm {timm.__version__}, "
+        f"mmpretrain {mmpretrain.__version__}"
+    )
     if a.shapes:
         return shapes()
     with tempfile.TemporaryDirectory() as d:

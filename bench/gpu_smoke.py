@@ -43,9 +43,22 @@ REPO = HERE.parent
 
 # dense bf16 tensor-core peaks (no sparsity), FLOP/s; the first name found in the device name wins
 PEAK_BF16 = [
-    ("GB200", 2.5e15), ("B200", 2.25e15), ("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12),
-    ("H800", 989e12), ("A100", 312e12), ("A800", 312e12), ("L40S", 362e12), ("L40", 181e12), ("L4", 121e12),
-    ("A6000", 155e12), ("A40", 150e12), ("A30", 165e12), ("A10", 125e12), ("RTX 4090", 165e12),
+    ("GB200", 2.5e15),
+    ("B200", 2.25e15),
+    ("H200", 989e12),
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),
+    ("H800", 989e12),
+    ("A100", 312e12),
+    ("A800", 312e12),
+    ("L40S", 362e12),
+    ("L40", 181e12),
+    ("L4", 121e12),
+    ("A6000", 155e12),
+    ("A40", 150e12),
+    ("A30", 165e12),
+    ("A10", 125e12),
+    ("RTX 4090", 165e12),
     ("RTX 3090", 71e12),
 ]
 
@@ -62,10 +75,23 @@ def full_cases() -> dict:
     cases = {}
     for name in ("vit_l_ce", "swinv2_b_arc"):
         entry = {k: v for k, v in plan[name].items() if k not in ("resources", "pretrained_file")}
-        cases[name] = {**entry, "precision": "bf16", "channels_last": True, "epochs": 1, "warmup_epochs": 0,
-                       "soup_last": 1, "_cpus_per_gpu": plan[name]["resources"]["cpus_per_gpu"]}
-    mae = {"arch": "vit_large_patch16_224", "img_size": 224, "batch_size": 64, "epochs": 1, "warmup_epochs": 0,
-           "precision": "bf16"}
+        cases[name] = {
+            **entry,
+            "precision": "bf16",
+            "channels_last": True,
+            "epochs": 1,
+            "warmup_epochs": 0,
+            "soup_last": 1,
+            "_cpus_per_gpu": plan[name]["resources"]["cpus_per_gpu"],
+        }
+    mae = {
+        "arch": "vit_large_patch16_224",
+        "img_size": 224,
+        "batch_size": 64,
+        "epochs": 1,
+        "warmup_epochs": 0,
+        "precision": "bf16",
+    }
     return {"train": cases, "mae": mae, "classes": 5000, "infer_batch": 256}
 
 
@@ -75,9 +101,17 @@ def tiny_cases() -> dict:
 
     plan = yaml.safe_load((REPO / "config/tiny.yaml").read_text())["models"]
     cases = {n: {**e, "epochs": 1, "soup_last": 1, "_cpus_per_gpu": 1} for n, e in plan.items()}
-    mae = {"arch": "vit_tiny_r_s16_p8_224", "arch_kwargs": {"img_size": 32, "patch_size": 2, "depth": 2},
-           "img_size": 32, "batch_size": 16, "epochs": 1, "warmup_epochs": 0, "decoder_dim": 32, "decoder_depth": 1,
-           "decoder_heads": 2}
+    mae = {
+        "arch": "vit_tiny_r_s16_p8_224",
+        "arch_kwargs": {"img_size": 32, "patch_size": 2, "depth": 2},
+        "img_size": 32,
+        "batch_size": 16,
+        "epochs": 1,
+        "warmup_epochs": 0,
+        "decoder_dim": 32,
+        "decoder_depth": 1,
+        "decoder_heads": 2,
+    }
     return {"train": cases, "mae": mae, "classes": 6, "infer_batch": 64}
 
 
@@ -154,20 +188,35 @@ def run_rank(a) -> None:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
         t0 = time.perf_counter()
-        train(cfg, root, train_list, val_list, cases["classes"], out / f"{model_name}.pt", threads=cpus * env.world_size
-              if device.type == "cuda" else a.threads, log=say)
+        train(
+            cfg,
+            root,
+            train_list,
+            val_list,
+            cases["classes"],
+            out / f"{model_name}.pt",
+            threads=cpus * env.world_size if device.type == "cuda" else a.threads,
+            log=say,
+        )
         wall = time.perf_counter() - t0
         history = (out / f"{model_name}.history.tsv").read_text().splitlines() if env.is_main else []
         if env.is_main:
             row = dict(zip(history[0].split("\t"), history[1].split("\t")))
             per_gpu = float(row["images_per_s"]) / env.world_size
             results["models"][model_name] = {
-                "arch": cfg.arch, "head": cfg.head, "img_size": cfg.img_size, "batch_per_gpu": cfg.batch_size,
+                "arch": cfg.arch,
+                "head": cfg.head,
+                "img_size": cfg.img_size,
+                "batch_per_gpu": cfg.batch_size,
                 "loader_workers": loader_workers(cfg.num_workers, cpus if device.type == "cuda" else a.threads, device),
-                "images_per_s_per_gpu": round(per_gpu, 1), "data_wait_share": float(row["data_wait"]),
+                "images_per_s_per_gpu": round(per_gpu, 1),
+                "data_wait_share": float(row["data_wait"]),
                 "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-                if device.type == "cuda" else None,
-                "train_gflops_per_image": round(flops / 1e9, 1), "mfu": mfu(per_gpu, flops), "wall_s": round(wall, 1),
+                if device.type == "cuda"
+                else None,
+                "train_gflops_per_image": round(flops / 1e9, 1),
+                "mfu": mfu(per_gpu, flops),
+                "wall_s": round(wall, 1),
             }
         distributed.barrier()
 
@@ -187,17 +236,23 @@ def run_rank(a) -> None:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     cpus = 8 if device.type == "cuda" else a.threads
-    pretrain(mcfg, root, lst, [], out / "mae.pth", threads=cpus * env.world_size if device.type == "cuda" else cpus,
-             log=say)
+    pretrain(
+        mcfg, root, lst, [], out / "mae.pth", threads=cpus * env.world_size if device.type == "cuda" else cpus, log=say
+    )
     if env.is_main:
         row = dict(zip(*[line.split("\t") for line in (out / "mae.history.tsv").read_text().splitlines()[:2]]))
         per_gpu = float(row["images_per_s"]) / env.world_size
         results["models"]["mae"] = {
-            "arch": mcfg.arch, "img_size": mcfg.img_size, "batch_per_gpu": mcfg.batch_size,
-            "images_per_s_per_gpu": round(per_gpu, 1), "data_wait_share": float(row["data_wait"]),
+            "arch": mcfg.arch,
+            "img_size": mcfg.img_size,
+            "batch_per_gpu": mcfg.batch_size,
+            "images_per_s_per_gpu": round(per_gpu, 1),
+            "data_wait_share": float(row["data_wait"]),
             "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-            if device.type == "cuda" else None,
-            "train_gflops_per_image": round(flops / 1e9, 1), "mfu": mfu(per_gpu, flops),
+            if device.type == "cuda"
+            else None,
+            "train_gflops_per_image": round(flops / 1e9, 1),
+            "mfu": mfu(per_gpu, flops),
         }
 
     # ---- flip-TTA inference, one GPU (as infer_probs), batch 256
@@ -211,7 +266,9 @@ def run_rank(a) -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         results["models"][f"{first}_infer_flip_tta"] = {
-            "batch": cases["infer_batch"], "images_per_s_per_gpu": round(len(rel) / (time.perf_counter() - t0), 1)}
+            "batch": cases["infer_batch"],
+            "images_per_s_per_gpu": round(len(rel) / (time.perf_counter() - t0), 1),
+        }
         report(results, a)
     distributed.barrier()
     distributed.shutdown()
@@ -227,9 +284,11 @@ def report(results: dict, a) -> None:
     for name, r in results["models"].items():
         mem, mfu = r.get("peak_memory_gib"), r.get("mfu")
         wait = r.get("data_wait_share")
-        print(f"{name:28s} {r['images_per_s_per_gpu']:10.1f} {'' if wait is None else f'{wait:9.1%}':>10s} "
-              f"{'' if mem is None else f'{mem:9.2f}':>9s} {r.get('train_gflops_per_image', ''):>10} "
-              f"{'n/a' if mfu is None else f'{mfu:6.1%}':>6s}")
+        print(
+            f"{name:28s} {r['images_per_s_per_gpu']:10.1f} {'' if wait is None else f'{wait:9.1%}':>10s} "
+            f"{'' if mem is None else f'{mem:9.2f}':>9s} {r.get('train_gflops_per_image', ''):>10} "
+            f"{'n/a' if mfu is None else f'{mfu:6.1%}':>6s}"
+        )
     out = Path(a.results)
     out.mkdir(parents=True, exist_ok=True)
     tag = "tiny-cpu" if a.tiny else f"{results['device'].replace(' ', '_')}x{results['gpus']}"
@@ -257,8 +316,10 @@ def main() -> None:
     import torch
 
     if not a.tiny and not torch.cuda.is_available():
-        print(f"gpu_smoke: skipped: no CUDA GPU on this machine (torch {torch.__version__}, CUDA build "
-              f"{torch.version.cuda or 'none'}); nothing measured, nothing written")
+        print(
+            f"gpu_smoke: skipped: no CUDA GPU on this machine (torch {torch.__version__}, CUDA build "
+            f"{torch.version.cuda or 'none'}); nothing measured, nothing written"
+        )
         return
     if a.tiny:
         a.steps = min(a.steps, 10)
@@ -274,8 +335,11 @@ def main() -> None:
         gpus = torch.cuda.device_count() if not a.tiny else 1
         if gpus > 1:
             torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}"]
-            sys.exit(subprocess.run([*torchrun, __file__, *argv], env={**os.environ, "PYTHONPATH": str(REPO / "src")})
-                     .returncode)
+            sys.exit(
+                subprocess.run(
+                    [*torchrun, __file__, *argv], env={**os.environ, "PYTHONPATH": str(REPO / "src")}
+                ).returncode
+            )
         a.data, a.work = str(data), str(work)
         run_rank(a)
 

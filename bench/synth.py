@@ -30,19 +30,32 @@ from pathlib import Path
 
 import numpy as np
 
-GROUP = 10          # similar classes per group
-DISTRACTORS = 6     # random other classes among a row's candidates
-BLOCK = 2048        # rows generated at a time
-BACKGROUND = 0.02   # total probability mass outside the candidates (before the softmax)
+GROUP = 10  # similar classes per group
+DISTRACTORS = 6  # random other classes among a row's candidates
+BLOCK = 2048  # rows generated at a time
+BACKGROUND = 0.02  # total probability mass outside the candidates (before the softmax)
 
 
 class Synth:
     """The generative model; ``labels(prior)`` and ``block(model, rows, labels)``."""
 
-    def __init__(self, num_models: int, num_rows: int, num_classes: int, seed: int = 0,
-                 signal: float = 3.7, difficulty: float = 1.6, shared: float = 1.2, noise: float = 0.5,
-                 family_noise: float = 0.5, bias_low: float = 0.15, bias_high: float = 0.75, zipf: float = 1.0,
-                 train_per_class: int = 110, skill=(0.95, 1.05)):
+    def __init__(
+        self,
+        num_models: int,
+        num_rows: int,
+        num_classes: int,
+        seed: int = 0,
+        signal: float = 3.7,
+        difficulty: float = 1.6,
+        shared: float = 1.2,
+        noise: float = 0.5,
+        family_noise: float = 0.5,
+        bias_low: float = 0.15,
+        bias_high: float = 0.75,
+        zipf: float = 1.0,
+        train_per_class: int = 110,
+        skill=(0.95, 1.05),
+    ):
         if num_classes < 2 * GROUP:
             raise ValueError(f"need at least {2 * GROUP} classes")
         self.m, self.n, self.c, self.seed = num_models, num_rows, num_classes, seed
@@ -91,8 +104,11 @@ class Synth:
         group = np.where(group < self.c, group, group - GROUP)  # a last, partial group borrows
         # distinct distractors: one in each of DISTRACTORS equal windows of the other classes
         window = (self.c - GROUP) // DISTRACTORS
-        others = (rng.integers(0, self.c - GROUP, (b, 1)) + np.arange(DISTRACTORS) * window
-                  + rng.integers(0, window, (b, DISTRACTORS))) % (self.c - GROUP)
+        others = (
+            rng.integers(0, self.c - GROUP, (b, 1))
+            + np.arange(DISTRACTORS) * window
+            + rng.integers(0, window, (b, DISTRACTORS))
+        ) % (self.c - GROUP)
         others = np.where(others >= group[:, :1], others + GROUP, others)  # outside the true group
         cand = np.concatenate([group, others], axis=1)
         latent = rng.normal(0, self.shared, cand.shape).astype(np.float32)
@@ -136,8 +152,9 @@ class Synth:
             val_names = [f"train/val{i:06d}.jpg" for i in range(val_rows)]
             write_split_list(out_dir / "val.txt", list(zip(val_names, val_labels.tolist())))
             for model in range(self.m):
-                val_acc[model] = self._write_stem(out_dir / f"m{model:02d}.val", model, val_labels, val_names,
-                                                  -(2**39), None)
+                val_acc[model] = self._write_stem(
+                    out_dir / f"m{model:02d}.val", model, val_labels, val_names, -(2**39), None
+                )
         stems = []
         for model in range(self.m):
             stem = out_dir / f"m{model:02d}"
@@ -158,19 +175,29 @@ class Synth:
         with open(f"{stem}.npy", "wb") as f:
             write_npy_header(f, (n, self.c))
             for start in range(0, n, BLOCK):
-                block = self.block(model, first + start, labels[start:start + BLOCK], buf)
-                correct += int((block.argmax(axis=1) == labels[start:start + BLOCK]).sum())
+                block = self.block(model, first + start, labels[start : start + BLOCK], buf)
+                correct += int((block.argmax(axis=1) == labels[start : start + BLOCK]).sum())
                 f.write(block.tobytes())
         write_split_list(f"{stem}.rows.txt", rows)
         acc = correct / n
-        write_json(f"{stem}.json", {"model": Path(stem).name, "val_accuracy": acc if val_accuracy is None else val_accuracy,
-                                    "num_rows": n, "num_classes": self.c})
+        write_json(
+            f"{stem}.json",
+            {
+                "model": Path(stem).name,
+                "val_accuracy": acc if val_accuracy is None else val_accuracy,
+                "num_rows": n,
+                "num_classes": self.c,
+            },
+        )
         return acc
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n")[-1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog=__doc__.split("\n\n")[-1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--out", required=True)
     p.add_argument("--models", type=int, default=17)
     p.add_argument("--rows", type=int, default=18000)

@@ -89,12 +89,16 @@ def main() -> None:
     val = int(a.train_images * plan["clean"]["val_fraction"])
     train = a.train_images - val
     gpu_rate = a.mfu * a.peak
-    print(f"GPU: {a.peak / 1e12:.0f} TFLOP/s bf16 at {a.mfu:.0%} MFU; {train:,} training images after a "
-          f"{plan['clean']['val_fraction']:.0%} val split; loader per worker: {a.per_worker_448:.0f} img/s at 448, "
-          f"{a.per_worker_384:.0f} at 384")
+    print(
+        f"GPU: {a.peak / 1e12:.0f} TFLOP/s bf16 at {a.mfu:.0%} MFU; {train:,} training images after a "
+        f"{plan['clean']['val_fraction']:.0%} val split; loader per worker: {a.per_worker_448:.0f} img/s at 448, "
+        f"{a.per_worker_384:.0f} at 384"
+    )
     print()
-    print("| model | px | train GFLOP/img | img/s per GPU needed | workers (cpus_per_gpu - 1) | loader img/s | "
-          "loader / need | infer img/s per GPU |")
+    print(
+        "| model | px | train GFLOP/img | img/s per GPU needed | workers (cpus_per_gpu - 1) | loader img/s | "
+        "loader / need | infer img/s per GPU |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     rates = {}
     for name, entry in plan["models"].items():
@@ -103,13 +107,15 @@ def main() -> None:
         workers = max(1, entry["resources"]["cpus_per_gpu"] - 1)
         per_worker = a.per_worker_448 if entry["img_size"] >= 448 else a.per_worker_384
         rates[name] = (need, gpu_rate / infer_flops, entry["epochs"])
-        print(f"| {name} | {entry['img_size']} | {train_flops / 1e9:.0f} | {need:.0f} | {workers} | "
-              f"{workers * per_worker:.0f} | {workers * per_worker / need:.1f}x | {gpu_rate / infer_flops:.0f} |")
+        print(
+            f"| {name} | {entry['img_size']} | {train_flops / 1e9:.0f} | {need:.0f} | {workers} | "
+            f"{workers * per_worker:.0f} | {workers * per_worker / need:.1f}x | {gpu_rate / infer_flops:.0f} |"
+        )
 
     # every training job of the plan, on its round's list
     hours = {"train": 0.0, "infer": 0.0}
     jobs = 0
-    for rnd, spec in plan["rounds"].items():
+    for spec in plan["rounds"].values():
         pseudo = spec.get("pseudo")
         images = train + (0 if not pseudo else kept_a if pseudo["splits"] == ["testa"] else kept_ab)
         for m in spec["models"]:
@@ -121,10 +127,15 @@ def main() -> None:
     mae = mae_flops("vit_large_patch16_224", 224)
     hours["MAE"] = a.mae_epochs * (a.train_images + testa) * mae / gpu_rate / 3600
     print()
-    print(f"MAE ViT-L/16 at 224 (75 % masked): {mae / 1e9:.0f} GFLOP/img fwd + bwd, "
-          f"{gpu_rate / mae:.0f} img/s per GPU at this MFU")
-    print(f"GPU-hours of the plan ({jobs} trainings): " + ", ".join(f"{k} {v:,.0f}" for k, v in hours.items())
-          + f"; total {sum(hours.values()):,.0f} (A100-hours at {a.mfu:.0%} MFU)")
+    print(
+        f"MAE ViT-L/16 at 224 (75 % masked): {mae / 1e9:.0f} GFLOP/img fwd + bwd, "
+        f"{gpu_rate / mae:.0f} img/s per GPU at this MFU"
+    )
+    print(
+        f"GPU-hours of the plan ({jobs} trainings): "
+        + ", ".join(f"{k} {v:,.0f}" for k, v in hours.items())
+        + f"; total {sum(hours.values()):,.0f} (A100-hours at {a.mfu:.0%} MFU)"
+    )
 
 
 if __name__ == "__main__":

@@ -31,8 +31,17 @@ def tiny_run(tmp_path_factory):
     through profiles/slurm with it. ``tiny_local_seconds.txt`` in it holds the wall time.
     """
     workdir = tmp_path_factory.mktemp("tiny")
-    cmd = [str(Path(sys.executable).with_name("snakemake")), "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-           "--cores", "2", "--configfile", str(REPO / "config/tiny.yaml")]
+    cmd = [
+        str(Path(sys.executable).with_name("snakemake")),
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--cores",
+        "2",
+        "--configfile",
+        str(REPO / "config/tiny.yaml"),
+    ]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=workdir, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True)
     if proc.returncode:

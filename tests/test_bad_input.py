@@ -22,9 +22,9 @@ import pickle
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -117,6 +117,7 @@ def meta_case(id, text: str | bytes, expect, num_classes=None, build=None):
             build(root)
         data = text.encode("utf-8") if isinstance(text, str) else text
         (root / "meta.txt").write_bytes(data)
+
     return TreeCase(id, write, expect, meta=True, num_classes=num_classes)
 
 
@@ -131,6 +132,7 @@ def _symlink_out(rel):
         target = root / rel
         target.unlink(missing_ok=True)
         target.symlink_to(outside)
+
     return build
 
 
@@ -138,6 +140,7 @@ def _write(rel, data):
     def build(root):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(data)
+
     return build
 
 
@@ -145,6 +148,7 @@ def _both(*builds):
     def build(root):
         for b in builds:
             b(root)
+
     return build
 
 
@@ -152,12 +156,14 @@ def _all_of_class(name, data):
     def build(root):
         for f in (root / "train" / name).iterdir():
             f.write_bytes(data)
+
     return build
 
 
 def _labels_ok(expected):
     def check(out, root):
         assert {p: y for p, y in read_split_list(out / "all.txt") if p in expected} == expected
+
     return check
 
 
@@ -172,42 +178,95 @@ META_CASES = [
     meta_case("meta-tab-separator", META.replace(" ", "\t"), Ok(samples=12, labels={"train/0002/3.png": 2})),
     meta_case("meta-blank-lines", META.replace("\n", "\n\n"), Ok(samples=12)),
     meta_case("meta-no-final-newline", META.rstrip("\n"), Ok(samples=12)),
-    meta_case("meta-leading-zero-label", META.replace(".png 1\n", ".png 0001\n"), Ok(samples=12,
-              labels={"train/0001/0.png": 1})),
-    meta_case("meta-path-with-spaces", META + "0001/a b ü.png 1\n",
-              Ok(samples=13, labels={"train/0001/a b ü.png": 1}), build=_write("train/0001/a b ü.png", png(99))),
-    meta_case("meta-missing-file-dropped", META + "0001/gone.png 1\n",
-              Ok(samples=13, removed={"train/0001/gone.png": "unreadable: No such file or directory"})),
-    meta_case("meta-folder-listed-dropped", META + "0001 1\n",
-              Ok(samples=13, removed={"train/0001": "unreadable: Is a directory"})),
-    meta_case("meta-symlink-out-dropped", META, Ok(samples=12, removed={"train/0002/1.png": "links out of the data root"}),
-              build=_symlink_out("train/0002/1.png")),
+    meta_case(
+        "meta-leading-zero-label",
+        META.replace(".png 1\n", ".png 0001\n"),
+        Ok(samples=12, labels={"train/0001/0.png": 1}),
+    ),
+    meta_case(
+        "meta-path-with-spaces",
+        META + "0001/a b ü.png 1\n",
+        Ok(samples=13, labels={"train/0001/a b ü.png": 1}),
+        build=_write("train/0001/a b ü.png", png(99)),
+    ),
+    meta_case(
+        "meta-missing-file-dropped",
+        META + "0001/gone.png 1\n",
+        Ok(samples=13, removed={"train/0001/gone.png": "unreadable: No such file or directory"}),
+    ),
+    meta_case(
+        "meta-folder-listed-dropped",
+        META + "0001 1\n",
+        Ok(samples=13, removed={"train/0001": "unreadable: Is a directory"}),
+    ),
+    meta_case(
+        "meta-symlink-out-dropped",
+        META,
+        Ok(samples=12, removed={"train/0002/1.png": "links out of the data root"}),
+        build=_symlink_out("train/0002/1.png"),
+    ),
     meta_case("meta-empty", "", Err(r"meta\.txt: no samples \(empty list\)")),
     meta_case("meta-only-blank-lines", "\n \n\t\n", Err(r"meta\.txt: no samples")),
     meta_case("meta-nul-byte", META.replace("0000/1.png", "0000/1\0.png"), Err(line(2) + "NUL byte")),
     meta_case("meta-escape-char", META.replace("0000/2.png", "0000/\x1b2.png"), Err(line(3) + "control character")),
-    meta_case("meta-label-word", META.replace("0000/1.png 0", "0000/1.png x"), Err(line(2) + "label 'x' is not an integer")),
+    meta_case(
+        "meta-label-word", META.replace("0000/1.png 0", "0000/1.png x"), Err(line(2) + "label 'x' is not an integer")
+    ),
     meta_case("meta-label-float", META.replace("0000/1.png 0", "0000/1.png 1.0"), Err(line(2) + "label '1.0' is not")),
     meta_case("meta-label-underscore", META.replace("0000/1.png 0", "0000/1.png 1_0"), Err(line(2) + "label '1_0'")),
     meta_case("meta-label-arabic-digit", META.replace("0000/1.png 0", "0000/1.png ٣"), Err(line(2) + "label '٣'")),
-    meta_case("meta-label-negative", META.replace("0000/1.png 0", "0000/1.png -1"), Err(line(2) + r"label -1 out of range")),
+    meta_case(
+        "meta-label-negative", META.replace("0000/1.png 0", "0000/1.png -1"), Err(line(2) + r"label -1 out of range")
+    ),
     meta_case("meta-no-label", META.replace("0000/1.png 0", "0000/1.png"), Err(line(2) + "expected '<path> <label>'")),
     meta_case("meta-label-only", META.replace("0000/1.png 0", " 0"), Err(line(2) + "expected '<path> <label>'")),
-    meta_case("meta-23-digit-label", META.replace("0002/3.png 2", "0002/3.png 12345678901234567890123"),
-              Err(r"meta\.txt: .*empty class\(es\) \[.*the largest id 12345678901234567890123 \(.*meta\.txt:12\)")),
+    meta_case(
+        "meta-23-digit-label",
+        META.replace("0002/3.png 2", "0002/3.png 12345678901234567890123"),
+        Err(r"meta\.txt: .*empty class\(es\) \[.*the largest id 12345678901234567890123 \(.*meta\.txt:12\)"),
+    ),
     meta_case("meta-label-over-num-classes", META, Err(line(9) + r"label 2 out of range \[0, 2\)"), num_classes=2),
-    meta_case("meta-fewer-classes-than-num-classes", META, Err(r"empty class\(es\) \[3\].*data.num_classes is 4"),
-              num_classes=4),
-    meta_case("meta-gap-in-labels", META.replace(".png 1\n", ".png 3\n"), Err(r"empty class\(es\) \[1\] \(no images\); the largest id 3 \(.*meta\.txt:5\) implies 4 classes")),
-    meta_case("meta-absolute-path", META.replace("0000/1.png", "/etc/passwd"), Err(line(2) + "path '/etc/passwd' must be relative")),
-    meta_case("meta-dotdot-path", META.replace("0000/1.png", "../../x.png"), Err(line(2) + "path '../../x.png' must be relative to the data root")),
-    meta_case("meta-backslash-path", META.replace("0000/1.png", "0000\\1.png"), Err(line(2) + r"path '0000\\\\1.png' must be relative")),
-    meta_case("meta-repeated-path", META + "0000/0.png 1\n", Err(line(13) + r"0000/0\.png is listed again \(first at line 1\)")),
-    meta_case("meta-latin1", META.encode() + "0001/caf\xe9.png 1\n".encode("latin-1"), Err(r"meta\.txt: not UTF-8 text")),
+    meta_case(
+        "meta-fewer-classes-than-num-classes",
+        META,
+        Err(r"empty class\(es\) \[3\].*data.num_classes is 4"),
+        num_classes=4,
+    ),
+    meta_case(
+        "meta-gap-in-labels",
+        META.replace(".png 1\n", ".png 3\n"),
+        Err(r"empty class\(es\) \[1\] \(no images\); the largest id 3 \(.*meta\.txt:5\) implies 4 classes"),
+    ),
+    meta_case(
+        "meta-absolute-path",
+        META.replace("0000/1.png", "/etc/passwd"),
+        Err(line(2) + "path '/etc/passwd' must be relative"),
+    ),
+    meta_case(
+        "meta-dotdot-path",
+        META.replace("0000/1.png", "../../x.png"),
+        Err(line(2) + "path '../../x.png' must be relative to the data root"),
+    ),
+    meta_case(
+        "meta-backslash-path",
+        META.replace("0000/1.png", "0000\\1.png"),
+        Err(line(2) + r"path '0000\\\\1.png' must be relative"),
+    ),
+    meta_case(
+        "meta-repeated-path",
+        META + "0000/0.png 1\n",
+        Err(line(13) + r"0000/0\.png is listed again \(first at line 1\)"),
+    ),
+    meta_case(
+        "meta-latin1", META.encode() + "0001/caf\xe9.png 1\n".encode("latin-1"), Err(r"meta\.txt: not UTF-8 text")
+    ),
     meta_case("meta-binary", png(3), Err(r"meta\.txt: not UTF-8 text|meta\.txt:1: (NUL|control)")),
-    meta_case("meta-class-all-missing", "".join(l for l in META.splitlines(True) if not l.startswith("0002"))
-              + "".join(f"0002/x{i}.png 2\n" for i in range(3)),
-              Err(r"class 2 \(0002\): all 3 image\(s\) removed \(train/0002/x0\.png: unreadable: No such file")),
+    meta_case(
+        "meta-class-all-missing",
+        "".join(line for line in META.splitlines(True) if not line.startswith("0002"))
+        + "".join(f"0002/x{i}.png 2\n" for i in range(3)),
+        Err(r"class 2 \(0002\): all 3 image\(s\) removed \(train/0002/x0\.png: unreadable: No such file"),
+    ),
     TreeCase("meta-is-a-folder", lambda r: (r / "meta.txt").mkdir(), Err(r"meta\.txt: is a folder"), meta=True),
     TreeCase("meta-not-found", lambda r: None, Err(r"meta\.txt: list file not found"), meta=True),
 ]
@@ -228,6 +287,7 @@ def _rmtree_files(rel):
     def build(root):
         for f in (root / rel).iterdir():
             f.unlink()
+
     return build
 
 
@@ -246,98 +306,250 @@ def _check_16bit(out, root):
 
 
 LAYOUT_CASES = [
-    TreeCase("tree-valid", lambda r: None, Ok(samples=12, classes=list(CLASSES),
-             check=lambda out, root: (out / "testb.txt").read_text() == "testb/t0.png\ntestb/t1.png\n")),
-    TreeCase("tree-file-directly-in-train", _write("train/stray.jpg", png(5)),
-             Ok(samples=12, removed={"train/stray.jpg": r"directly in train/, not in a class folder: no label"})),
-    TreeCase("tree-nested-folder-in-class", _write("train/0001/more/x.png", png(90)),
-             Ok(samples=12, removed={"train/0001/more/x.png": r"in sub-folder train/0001/more/: images belong directly in train/0001/"})),
-    TreeCase("tree-deeply-nested", _write("train/0001/a/b/c/y.png", png(91)),
-             Ok(samples=12, removed={"train/0001/a/b/c/y.png": r"in sub-folder train/0001/a/"})),
-    TreeCase("tree-hidden-file-in-class", _write("train/0000/.x.png", png(92)),
-             Ok(samples=12, removed={"train/0000/.x.png": "hidden file, not read"})),
-    TreeCase("tree-ds-store-in-train", _write("train/.DS_Store", b"\0\0\0\1Bud1"),
-             Ok(samples=12, removed={"train/.DS_Store": "hidden file, not read"})),
-    TreeCase("tree-hidden-folder-in-train", _write("train/.ipynb_checkpoints/a.png", png(93)),
-             Ok(samples=12, removed={"train/.ipynb_checkpoints/": "hidden folder, not read"})),
-    TreeCase("tree-thumbs-db-beside-images", _write("train/0002/Thumbs.db", b"\xd0\xcf\x11\xe0" + bytes(60)),
-             Ok(samples=12, removed={"train/0002/Thumbs.db": r"Windows thumbnail cache \(Thumbs.db\), not an image"})),
-    TreeCase("tree-thumbs-db-only-class", _both(_rmtree_files("train/0002"), _write("train/0002/Thumbs.db", bytes(64))),
-             Err(r"train/0002: empty class \(no image files; not read: train/0002/Thumbs.db")),
-    TreeCase("tree-class-all-html", _all_of_class("0002", b"<!DOCTYPE html><html>404</html>"),
-             Err(r"class 2 \(0002\): all 4 image\(s\) removed \(train/0002/0\.png: undecodable: HTML, not an image")),
-    TreeCase("tree-class-all-conflicting", lambda r: [(r / "train/0002" / f"{i}.png").write_bytes(png(i)) for i in range(4)],
-             Err(r"class 2 \(0002\): all 4 image\(s\) removed \(train/0002/0\.png: conflicting labels")),
-    TreeCase("tree-symlink-out-of-root", _symlink_out("train/0001/2.png"),
-             Ok(samples=12, removed={"train/0001/2.png": r"links out of the data root \(to .*outside\.png\): not used"})),
-    TreeCase("tree-symlink-inside-root", lambda r: (r / "train/0001/link.png").symlink_to(r / "testa/t0.png"),
-             Ok(samples=13, labels={"train/0001/link.png": 1})),
-    TreeCase("tree-class-folder-linked-out", lambda r: (
-        (r / "train/0002").rename(r.parent / "elsewhere"), (r / "train/0002").symlink_to(r.parent / "elsewhere")),
-             Err(r"class 2 \(0002\): all 4 image\(s\) removed \(train/0002/0\.png: links out of the data root")),
-    TreeCase("tree-broken-symlink", lambda r: (r / "train/0000/dangling.png").symlink_to(r / "nowhere.png"),
-             Ok(samples=12, removed={"train/0000/dangling.png": "not a regular file"})),
+    TreeCase(
+        "tree-valid",
+        lambda r: None,
+        Ok(
+            samples=12,
+            classes=list(CLASSES),
+            check=lambda out, root: (out / "testb.txt").read_text() == "testb/t0.png\ntestb/t1.png\n",
+        ),
+    ),
+    TreeCase(
+        "tree-file-directly-in-train",
+        _write("train/stray.jpg", png(5)),
+        Ok(samples=12, removed={"train/stray.jpg": r"directly in train/, not in a class folder: no label"}),
+    ),
+    TreeCase(
+        "tree-nested-folder-in-class",
+        _write("train/0001/more/x.png", png(90)),
+        Ok(
+            samples=12,
+            removed={"train/0001/more/x.png": r"in sub-folder train/0001/more/: images belong directly in train/0001/"},
+        ),
+    ),
+    TreeCase(
+        "tree-deeply-nested",
+        _write("train/0001/a/b/c/y.png", png(91)),
+        Ok(samples=12, removed={"train/0001/a/b/c/y.png": r"in sub-folder train/0001/a/"}),
+    ),
+    TreeCase(
+        "tree-hidden-file-in-class",
+        _write("train/0000/.x.png", png(92)),
+        Ok(samples=12, removed={"train/0000/.x.png": "hidden file, not read"}),
+    ),
+    TreeCase(
+        "tree-ds-store-in-train",
+        _write("train/.DS_Store", b"\0\0\0\1Bud1"),
+        Ok(samples=12, removed={"train/.DS_Store": "hidden file, not read"}),
+    ),
+    TreeCase(
+        "tree-hidden-folder-in-train",
+        _write("train/.ipynb_checkpoints/a.png", png(93)),
+        Ok(samples=12, removed={"train/.ipynb_checkpoints/": "hidden folder, not read"}),
+    ),
+    TreeCase(
+        "tree-thumbs-db-beside-images",
+        _write("train/0002/Thumbs.db", b"\xd0\xcf\x11\xe0" + bytes(60)),
+        Ok(samples=12, removed={"train/0002/Thumbs.db": r"Windows thumbnail cache \(Thumbs.db\), not an image"}),
+    ),
+    TreeCase(
+        "tree-thumbs-db-only-class",
+        _both(_rmtree_files("train/0002"), _write("train/0002/Thumbs.db", bytes(64))),
+        Err(r"train/0002: empty class \(no image files; not read: train/0002/Thumbs.db"),
+    ),
+    TreeCase(
+        "tree-class-all-html",
+        _all_of_class("0002", b"<!DOCTYPE html><html>404</html>"),
+        Err(r"class 2 \(0002\): all 4 image\(s\) removed \(train/0002/0\.png: undecodable: HTML, not an image"),
+    ),
+    TreeCase(
+        "tree-class-all-conflicting",
+        lambda r: [(r / "train/0002" / f"{i}.png").write_bytes(png(i)) for i in range(4)],
+        Err(r"class 2 \(0002\): all 4 image\(s\) removed \(train/0002/0\.png: conflicting labels"),
+    ),
+    TreeCase(
+        "tree-symlink-out-of-root",
+        _symlink_out("train/0001/2.png"),
+        Ok(samples=12, removed={"train/0001/2.png": r"links out of the data root \(to .*outside\.png\): not used"}),
+    ),
+    TreeCase(
+        "tree-symlink-inside-root",
+        lambda r: (r / "train/0001/link.png").symlink_to(r / "testa/t0.png"),
+        Ok(samples=13, labels={"train/0001/link.png": 1}),
+    ),
+    TreeCase(
+        "tree-class-folder-linked-out",
+        lambda r: (
+            (r / "train/0002").rename(r.parent / "elsewhere"),
+            (r / "train/0002").symlink_to(r.parent / "elsewhere"),
+        ),
+        Err(r"class 2 \(0002\): all 4 image\(s\) removed \(train/0002/0\.png: links out of the data root"),
+    ),
+    TreeCase(
+        "tree-broken-symlink",
+        lambda r: (r / "train/0000/dangling.png").symlink_to(r / "nowhere.png"),
+        Ok(samples=12, removed={"train/0000/dangling.png": "not a regular file"}),
+    ),
     TreeCase("tree-empty-class-folder", _mkdir("train/0003"), Err(r"train/0003: empty class \(no image files\)")),
-    TreeCase("tree-class-only-subfolder", _both(_rmtree_files("train/0002"), _write("train/0002/sub/a.png", png(1))),
-             Err(r"train/0002: empty class \(no image files; not read: train/0002/sub/a\.png")),
+    TreeCase(
+        "tree-class-only-subfolder",
+        _both(_rmtree_files("train/0002"), _write("train/0002/sub/a.png", png(1))),
+        Err(r"train/0002: empty class \(no image files; not read: train/0002/sub/a\.png"),
+    ),
     TreeCase("tree-ids-and-names", _mkdir("train/cats"), Err(r"train: class folders mix integer ids")),
-    TreeCase("tree-gap-in-ids", _rename("train/0001", "train/0005"), Err(r"train: 3 empty class\(es\) \[1, 3, 4\] \(no images\); the largest id 5 \(.*train/0005\)")),
-    TreeCase("tree-23-digit-id", _rename("train/0002", "train/12345678901234567890123"),
-             Err(r"train: .*empty class\(es\) \[2, 3, .*the largest id 12345678901234567890123")),
+    TreeCase(
+        "tree-gap-in-ids",
+        _rename("train/0001", "train/0005"),
+        Err(r"train: 3 empty class\(es\) \[1, 3, 4\] \(no images\); the largest id 5 \(.*train/0005\)"),
+    ),
+    TreeCase(
+        "tree-23-digit-id",
+        _rename("train/0002", "train/12345678901234567890123"),
+        Err(r"train: .*empty class\(es\) \[2, 3, .*the largest id 12345678901234567890123"),
+    ),
     TreeCase("tree-same-id-twice", _write("train/01/x.png", png(7)), Err(r"class folders 0001 and 01 are both id 1")),
-    TreeCase("tree-word-names", lambda r: [(r / "train" / c).rename(r / "train" / n) for c, n in zip(CLASSES, ["zebra", "ant", "moth"])],
-             Ok(samples=12, classes=["ant", "moth", "zebra"], labels={"train/zebra/0.png": 2, "train/ant/0.png": 0})),
+    TreeCase(
+        "tree-word-names",
+        lambda r: [(r / "train" / c).rename(r / "train" / n) for c, n in zip(CLASSES, ["zebra", "ant", "moth"])],
+        Ok(samples=12, classes=["ant", "moth", "zebra"], labels={"train/zebra/0.png": 2, "train/ant/0.png": 0}),
+    ),
     TreeCase("tree-no-train", _rename("train", "images"), Err(r"train: no train/ folder")),
-    TreeCase("tree-train-only-files", lambda r: [_rename(f"train/{c}", f"c{c}")(r) for c in CLASSES]
-             + [_write("train/a.png", png(1))(r)], Err(r"train: no class folders")),
-    TreeCase("tree-newline-in-name", _write("train/0001/bad\nname.png", png(94)),
-             Ok(samples=12, removed={"'train/0001/bad\\nname.png'": "line break"})),
-    TreeCase("tree-backslash-in-name", _write("train/0001/bad\\name.png", png(95)),
-             Ok(samples=12, removed={"'train/0001/bad\\\\name.png'": "backslash"})),
-    TreeCase("tree-non-utf8-name", lambda r: (r / "train/0001").joinpath(os.fsdecode(b"caf\xe9.png")).write_bytes(png(96)),
-             Ok(samples=12, removed={"'train/0001/caf\\udce9.png'": "not UTF-8"})),
-    TreeCase("tree-num-classes-too-many", lambda r: None, Err(r"empty class\(es\) \[3\].*data.num_classes is 4"), num_classes=4),
-    TreeCase("tree-num-classes-too-few", lambda r: None, Err(r"train/0002: class id 2 out of range \[0, 2\)"), num_classes=2),
-    TreeCase("tree-testb-missing", lambda r: [f.unlink() for f in (r / "testb").iterdir()] and (r / "testb").rmdir(),
-             Err(r"testb: test split folder not found")),
+    TreeCase(
+        "tree-train-only-files",
+        lambda r: [_rename(f"train/{c}", f"c{c}")(r) for c in CLASSES] + [_write("train/a.png", png(1))(r)],
+        Err(r"train: no class folders"),
+    ),
+    TreeCase(
+        "tree-newline-in-name",
+        _write("train/0001/bad\nname.png", png(94)),
+        Ok(samples=12, removed={"'train/0001/bad\\nname.png'": "line break"}),
+    ),
+    TreeCase(
+        "tree-backslash-in-name",
+        _write("train/0001/bad\\name.png", png(95)),
+        Ok(samples=12, removed={"'train/0001/bad\\\\name.png'": "backslash"}),
+    ),
+    TreeCase(
+        "tree-non-utf8-name",
+        lambda r: (r / "train/0001").joinpath(os.fsdecode(b"caf\xe9.png")).write_bytes(png(96)),
+        Ok(samples=12, removed={"'train/0001/caf\\udce9.png'": "not UTF-8"}),
+    ),
+    TreeCase(
+        "tree-num-classes-too-many",
+        lambda r: None,
+        Err(r"empty class\(es\) \[3\].*data.num_classes is 4"),
+        num_classes=4,
+    ),
+    TreeCase(
+        "tree-num-classes-too-few", lambda r: None, Err(r"train/0002: class id 2 out of range \[0, 2\)"), num_classes=2
+    ),
+    TreeCase(
+        "tree-testb-missing",
+        lambda r: [f.unlink() for f in (r / "testb").iterdir()] and (r / "testb").rmdir(),
+        Err(r"testb: test split folder not found"),
+    ),
     TreeCase("tree-testb-empty", _rmtree_files("testb"), Err(r"testb: test split has no images")),
-    TreeCase("tree-test-image-html", _write("testa/t1.png", b"<html><body>gone</body></html>"),
-             Err(r"testa/t1\.png: unreadable test image \(HTML, not an image")),
-    TreeCase("tree-test-image-truncated", _write("testa/t1.png", png(3)[:40]),
-             Err(r"testa/t1\.png: unreadable test image \(truncated or damaged PNG")),
-    TreeCase("tree-test-subfolder", _write("testa/sub/x.png", png(97)),
-             Ok(samples=12, removed={"testa/sub/x.png": "test split testa is one flat folder; not predicted"})),
-    TreeCase("tree-test-symlink-out", lambda r: (r / "testa/t9.png").symlink_to(Path(r).parent / "o.png")
-             or (Path(r).parent / "o.png").write_bytes(png(1)), Err(r"testa/t9\.png: links out of the data root")),
-    TreeCase("tree-truncated-png", _write("train/0000/cut.png", png(98, size=(32, 32))[:60]),
-             Ok(samples=13, removed={"train/0000/cut.png": r"undecodable: truncated PNG: the file ends at byte 60"})),
-    TreeCase("tree-truncated-jpeg", _write("train/0000/cut.jpg", jpeg(200)[:300]),
-             Ok(samples=13, removed={"train/0000/cut.jpg": r"undecodable: truncated (or damaged )?JPEG.* at byte 300"})),
-    TreeCase("tree-empty-file", _write("train/0000/zero.png", b""),
-             Ok(samples=13, removed={"train/0000/zero.png": r"undecodable: empty file \(0 bytes\)"})),
-    TreeCase("tree-text-file", _write("train/0000/notes.txt", b"shot on my phone\n"),
-             Ok(samples=13, removed={"train/0000/notes.txt": r"undecodable: text, not an image \(17 bytes, starts 'shot on my phone'\)"})),
-    TreeCase("tree-random-bytes", _write("train/0000/blob.jpg", bytes(range(200, 256)) * 3),
-             Ok(samples=13, removed={"train/0000/blob.jpg": r"undecodable: not an image \(unknown format, 168 bytes starting c8 c9"})),
-    TreeCase("tree-duplicate-same-class", _write("train/0000/copy.png", png(0)),
-             Ok(samples=13, removed={"train/0000/copy.png": "duplicate of train/0000/0.png"})),
-    TreeCase("tree-16bit-png", _write("train/0001/deep.png", png16(100 * 257)),
-             Ok(samples=13, labels={"train/0001/deep.png": 1}, check=_check_16bit)),
-    TreeCase("tree-exif-rotated-jpeg", _write("train/0001/rotated.jpg", jpeg(255, exif_orientation=6)),
-             Ok(samples=13, labels={"train/0001/rotated.jpg": 1}, check=_check_exif_upright)),
-    TreeCase("tree-cmyk-jpeg", lambda r: Image.new("CMYK", (8, 8), (0, 50, 100, 0)).save(r / "train/0002/cmyk.jpg"),
-             Ok(samples=13, labels={"train/0002/cmyk.jpg": 2})),
-    TreeCase("tree-palette-png-transparency", _write("train/0002/pal.png", png(33, mode="P")),
-             Ok(samples=13, labels={"train/0002/pal.png": 2})),
+    TreeCase(
+        "tree-test-image-html",
+        _write("testa/t1.png", b"<html><body>gone</body></html>"),
+        Err(r"testa/t1\.png: unreadable test image \(HTML, not an image"),
+    ),
+    TreeCase(
+        "tree-test-image-truncated",
+        _write("testa/t1.png", png(3)[:40]),
+        Err(r"testa/t1\.png: unreadable test image \(truncated or damaged PNG"),
+    ),
+    TreeCase(
+        "tree-test-subfolder",
+        _write("testa/sub/x.png", png(97)),
+        Ok(samples=12, removed={"testa/sub/x.png": "test split testa is one flat folder; not predicted"}),
+    ),
+    TreeCase(
+        "tree-test-symlink-out",
+        lambda r: (
+            (r / "testa/t9.png").symlink_to(Path(r).parent / "o.png") or (Path(r).parent / "o.png").write_bytes(png(1))
+        ),
+        Err(r"testa/t9\.png: links out of the data root"),
+    ),
+    TreeCase(
+        "tree-truncated-png",
+        _write("train/0000/cut.png", png(98, size=(32, 32))[:60]),
+        Ok(samples=13, removed={"train/0000/cut.png": r"undecodable: truncated PNG: the file ends at byte 60"}),
+    ),
+    TreeCase(
+        "tree-truncated-jpeg",
+        _write("train/0000/cut.jpg", jpeg(200)[:300]),
+        Ok(samples=13, removed={"train/0000/cut.jpg": r"undecodable: truncated (or damaged )?JPEG.* at byte 300"}),
+    ),
+    TreeCase(
+        "tree-empty-file",
+        _write("train/0000/zero.png", b""),
+        Ok(samples=13, removed={"train/0000/zero.png": r"undecodable: empty file \(0 bytes\)"}),
+    ),
+    TreeCase(
+        "tree-text-file",
+        _write("train/0000/notes.txt", b"shot on my phone\n"),
+        Ok(
+            samples=13,
+            removed={
+                "train/0000/notes.txt": r"undecodable: text, not an image \(17 bytes, starts 'shot on my phone'\)"
+            },
+        ),
+    ),
+    TreeCase(
+        "tree-random-bytes",
+        _write("train/0000/blob.jpg", bytes(range(200, 256)) * 3),
+        Ok(
+            samples=13,
+            removed={"train/0000/blob.jpg": r"undecodable: not an image \(unknown format, 168 bytes starting c8 c9"},
+        ),
+    ),
+    TreeCase(
+        "tree-duplicate-same-class",
+        _write("train/0000/copy.png", png(0)),
+        Ok(samples=13, removed={"train/0000/copy.png": "duplicate of train/0000/0.png"}),
+    ),
+    TreeCase(
+        "tree-16bit-png",
+        _write("train/0001/deep.png", png16(100 * 257)),
+        Ok(samples=13, labels={"train/0001/deep.png": 1}, check=_check_16bit),
+    ),
+    TreeCase(
+        "tree-exif-rotated-jpeg",
+        _write("train/0001/rotated.jpg", jpeg(255, exif_orientation=6)),
+        Ok(samples=13, labels={"train/0001/rotated.jpg": 1}, check=_check_exif_upright),
+    ),
+    TreeCase(
+        "tree-cmyk-jpeg",
+        lambda r: Image.new("CMYK", (8, 8), (0, 50, 100, 0)).save(r / "train/0002/cmyk.jpg"),
+        Ok(samples=13, labels={"train/0002/cmyk.jpg": 2}),
+    ),
+    TreeCase(
+        "tree-palette-png-transparency",
+        _write("train/0002/pal.png", png(33, mode="P")),
+        Ok(samples=13, labels={"train/0002/pal.png": 2}),
+    ),
     TreeCase("tree-grey-alpha-png", _write("train/0002/la.png", png(34, mode="LA")), Ok(samples=13)),
     TreeCase("tree-one-bit-png", _write("train/0002/bw.png", png(255, mode="1")), Ok(samples=13)),
     TreeCase("tree-gif", lambda r: Image.new("P", (8, 8), 3).save(r / "train/0002/a.gif"), Ok(samples=13)),
     TreeCase("tree-webp", lambda r: Image.new("RGB", (8, 8), (1, 2, 3)).save(r / "train/0002/a.webp"), Ok(samples=13)),
-    TreeCase("tree-unicode-names", _write("train/0001/日本 ö.png", png(150)), Ok(samples=13, labels={"train/0001/日本 ö.png": 1})),
-    TreeCase("tree-name-trailing-space", _write("train/0001/end .png ", png(151)),
-             Ok(samples=13, labels={"train/0001/end .png ": 1})),
-    TreeCase("tree-one-test-split", lambda r: None, Ok(samples=12, check=lambda out, root: not (out / "testb.txt").exists()),
-             splits=("testa",)),
+    TreeCase(
+        "tree-unicode-names",
+        _write("train/0001/日本 ö.png", png(150)),
+        Ok(samples=13, labels={"train/0001/日本 ö.png": 1}),
+    ),
+    TreeCase(
+        "tree-name-trailing-space",
+        _write("train/0001/end .png ", png(151)),
+        Ok(samples=13, labels={"train/0001/end .png ": 1}),
+    ),
+    TreeCase(
+        "tree-one-test-split",
+        lambda r: None,
+        Ok(samples=12, check=lambda out, root: not (out / "testb.txt").exists()),
+        splits=("testa",),
+    ),
 ]
 
 TREE_CASES = META_CASES + LAYOUT_CASES
@@ -402,7 +614,7 @@ def test_clean_split_command(case, tmp_path, capsys):
 
 # ------------------------------------------------------------------ rule scripts, as Snakemake runs them
 
-RUNNER = r'''
+RUNNER = r"""
 import json, os, runpy, sys, traceback
 jobs = json.load(open(sys.argv[1]))
 
@@ -439,7 +651,7 @@ for job in jobs:
     _, status = os.waitpid(pid, 0)
     results.append(os.waitstatus_to_exitcode(status))
 json.dump(results, open(sys.argv[2], "w"))
-'''
+"""
 
 
 def run_rule_scripts(jobs: list[dict], tmp: Path) -> list[int]:
@@ -447,23 +659,45 @@ def run_rule_scripts(jobs: list[dict], tmp: Path) -> list[int]:
     __main__), each in a forked child of one runner process; returns the exit statuses."""
     (tmp / "jobs.json").write_text(json.dumps(jobs))
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    proc = subprocess.run([sys.executable, "-c", RUNNER, str(tmp / "jobs.json"), str(tmp / "rc.json")],
-                          env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", RUNNER, str(tmp / "jobs.json"), str(tmp / "rc.json")],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads((tmp / "rc.json").read_text())
 
 
 def clean_jobs(case: TreeCase, root: Path, cwd: Path) -> list[dict]:
-    params = [("root", str(root)), ("num_classes", case.num_classes),
-              ("meta_all", str(root / "meta.txt") if case.meta else None), ("splits", list(case.splits)),
-              ("val_fraction", 0.1), ("val_min_per_class", 1), ("seed", 0)]
+    params = [
+        ("root", str(root)),
+        ("num_classes", case.num_classes),
+        ("meta_all", str(root / "meta.txt") if case.meta else None),
+        ("splits", list(case.splits)),
+        ("val_fraction", 0.1),
+        ("val_min_per_class", 1),
+        ("seed", 0),
+    ]
     outputs = [(k, f"results/clean/{k}.txt") for k in ("all", "train", "val")]
     outputs += [("removed", "results/clean/removed.tsv"), ("stats", "results/clean/stats.json")]
-    clean = {"rule": "clean_split", "cwd": str(cwd), "script": str(REPO / "workflow/scripts/clean_split.py"),
-             "params": params, "output": outputs, "log": [(None, str(cwd / "clean_split.log"))]}
-    classes = {"rule": "class_list", "cwd": str(cwd), "script": str(REPO / "workflow/scripts/class_list.py"),
-               "params": params[:3], "input": [(None, "results/clean/stats.json")],
-               "output": [(None, "results/clean/classes.tsv")], "log": [(None, str(cwd / "class_list.log"))]}
+    clean = {
+        "rule": "clean_split",
+        "cwd": str(cwd),
+        "script": str(REPO / "workflow/scripts/clean_split.py"),
+        "params": params,
+        "output": outputs,
+        "log": [(None, str(cwd / "clean_split.log"))],
+    }
+    classes = {
+        "rule": "class_list",
+        "cwd": str(cwd),
+        "script": str(REPO / "workflow/scripts/class_list.py"),
+        "params": params[:3],
+        "input": [(None, "results/clean/stats.json")],
+        "output": [(None, "results/clean/classes.tsv")],
+        "log": [(None, str(cwd / "class_list.log"))],
+    }
     return [clean, classes]
 
 
@@ -534,10 +768,18 @@ def _decode_cases():
         ("json-text", b'{"error": "not found"}', r"^text, not an image \(22 bytes, starts '\{\"error\""),
         ("utf8-text", "Grüße\n".encode(), r"^text, not an image"),
         ("zeros", bytes(100), r"^not an image \(unknown format, 100 bytes starting 00 00"),
-        ("png-header-only", truncated_png[:33], r"^truncated or damaged PNG: its header does not parse \(the file ends at byte 33\)$"),
+        (
+            "png-header-only",
+            truncated_png[:33],
+            r"^truncated or damaged PNG: its header does not parse \(the file ends at byte 33\)$",
+        ),
         ("png-truncated", truncated_png[: len(truncated_png) // 2], r"^truncated (or damaged )?PNG.* at byte \d+"),
         ("jpeg-truncated", jpeg(120)[:200], r"^truncated (or damaged )?JPEG.* at byte 200"),
-        ("jpeg-cut-in-data", _noise_jpeg()[:6000], r"^truncated JPEG: the file ends at byte \d+ before the image data does$"),
+        (
+            "jpeg-cut-in-data",
+            _noise_jpeg()[:6000],
+            r"^truncated JPEG: the file ends at byte \d+ before the image data does$",
+        ),
         ("jpeg-header-only", jpeg(120)[:20], r"^(truncated|broken)"),
         ("gif-truncated", _gif()[:30], r"^(truncated|broken)"),
         ("ok-png", png(5), None),
@@ -643,6 +885,7 @@ def test_init_counts_and_names_every_unreadable_image(tmp_path):
     def build(root):
         for i in range(8):
             (root / f"train/000{i % 3}/bad{i}.png").write_bytes(b"<html>" + bytes([i]))
+
     with pytest.raises(InputError) as e:
         _init_case(tmp_path, build)
     msg = str(e.value)
@@ -657,6 +900,7 @@ def test_init_warns_when_a_test_split_is_missing_and_names_what_it_found(tmp_pat
         for f in (root / "testb").iterdir():
             f.unlink()
         (root / "testb").rmdir()
+
     report = _init_case(tmp_path, build)
     assert any("found 1 test split folder (testa)" in w and "testb" in w for w in report.warnings)
     assert "warning: found 1 test split folder (testa)" in report.summary()
@@ -667,6 +911,7 @@ def test_init_refuses_a_thumbs_db_only_class(tmp_path):
         for f in (root / "train/0002").iterdir():
             f.unlink()
         (root / "train/0002/Thumbs.db").write_bytes(bytes(64))
+
     with pytest.raises(InputError, match=r"1 empty class folder\(s\): \['0002'\].*Thumbs.db"):
         _init_case(tmp_path, build)
 
@@ -675,6 +920,7 @@ def test_init_refuses_a_class_with_no_readable_image(tmp_path):
     def build(root):
         for f in (root / "train/0002").iterdir():
             f.write_bytes(b"<html>")
+
     with pytest.raises(InputError, match=r"class folder\(s\) \['0002'\] hold no readable image"):
         _init_case(tmp_path, build, allow_broken=True)
 
@@ -684,6 +930,7 @@ def test_init_warns_about_loose_and_nested_files(tmp_path):
         (root / "train/loose.png").write_bytes(png(1))
         (root / "train/0001/sub").mkdir()
         (root / "train/0001/sub/x.png").write_bytes(png(2))
+
     report = _init_case(tmp_path, build)
     text = " ".join(report.warnings)
     assert "1 file(s) directly in train/ have no class (e.g. loose.png)" in text
@@ -705,11 +952,31 @@ CONFIG_CASES = [
     ("config-bom", "\ufeff" + BASE_CONFIG, None),
     ("config-crlf", BASE_CONFIG.replace("\n", "\r\n"), None),
     ("config-merge-key-override", "base: &b {epochs: 2, lr: 1}\nm:\n  <<: *b\n  epochs: 3\n", None),
-    ("config-dup-top-level", BASE_CONFIG + "clean:\n  val_fraction: 0.5\n", r":\d+: duplicate key 'clean' \(first at line \d+\)"),
-    ("config-dup-nested", _dup("  val_fraction: 0.1\n", "  val_fraction: 0.3\n"), r":\d+: duplicate key 'val_fraction' \(first at line \d+\)"),
-    ("config-dup-flow", BASE_CONFIG.replace("demo: {build: true,", "demo: {build: true, build: false,"), r"duplicate key 'build'"),
-    ("config-dup-round", "rounds:\n  r0: {models: [a]}\n  a1: {models: [a]}\n  r0: {models: [b]}\n", r":4: duplicate key 'r0' \(first at line 2\)"),
-    ("config-dup-threshold", "pseudo:\n  threshold: 0.4\n  from: r0\n  threshold: 0.5\n", r":4: duplicate key 'threshold' \(first at line 2\)"),
+    (
+        "config-dup-top-level",
+        BASE_CONFIG + "clean:\n  val_fraction: 0.5\n",
+        r":\d+: duplicate key 'clean' \(first at line \d+\)",
+    ),
+    (
+        "config-dup-nested",
+        _dup("  val_fraction: 0.1\n", "  val_fraction: 0.3\n"),
+        r":\d+: duplicate key 'val_fraction' \(first at line \d+\)",
+    ),
+    (
+        "config-dup-flow",
+        BASE_CONFIG.replace("demo: {build: true,", "demo: {build: true, build: false,"),
+        r"duplicate key 'build'",
+    ),
+    (
+        "config-dup-round",
+        "rounds:\n  r0: {models: [a]}\n  a1: {models: [a]}\n  r0: {models: [b]}\n",
+        r":4: duplicate key 'r0' \(first at line 2\)",
+    ),
+    (
+        "config-dup-threshold",
+        "pseudo:\n  threshold: 0.4\n  from: r0\n  threshold: 0.5\n",
+        r":4: duplicate key 'threshold' \(first at line 2\)",
+    ),
     ("config-tab-indent", "data:\n\troot: x\n", r":2: not valid YAML"),
     ("config-unclosed-bracket", "data: [a, b\n", r":2: not valid YAML"),
     ("config-bad-indent", "data:\n  root: x\n   num_classes: 3\n", r":3: not valid YAML"),
@@ -733,7 +1000,9 @@ def test_yaml_reader(name, text, pattern, tmp_path, monkeypatch):
     assert not (tmp_path / "pwned").exists()
 
 
-@pytest.mark.parametrize("name, text, pattern", [c for c in CONFIG_CASES if c[2]], ids=[c[0] for c in CONFIG_CASES if c[2]])
+@pytest.mark.parametrize(
+    "name, text, pattern", [c for c in CONFIG_CASES if c[2]], ids=[c[0] for c in CONFIG_CASES if c[2]]
+)
 def test_status_command_names_the_config_line(name, text, pattern, tmp_path, capsys):
     path = tmp_path / "c.yaml"
     path.write_bytes(text.encode() if isinstance(text, str) else text)
@@ -747,7 +1016,11 @@ def test_status_command_names_the_config_line(name, text, pattern, tmp_path, cap
 MODEL_CASES = [
     ("model-valid", {"arch": "resnet18"}, None),
     ("model-valid-pretrained-tag", {"arch": "vit_tiny_patch16_224.augreg_in21k"}, None),
-    ("model-unknown-arch", {"arch": "swinv2_tiny_windw8_256"}, r"models\.m\.arch: 'swinv2_tiny_windw8_256' is not a timm model .*close matches: swinv2_tiny_window8_256"),
+    (
+        "model-unknown-arch",
+        {"arch": "swinv2_tiny_windw8_256"},
+        r"models\.m\.arch: 'swinv2_tiny_windw8_256' is not a timm model .*close matches: swinv2_tiny_window8_256",
+    ),
     ("model-nonsense-arch", {"arch": "zzzz"}, r"models\.m\.arch: 'zzzz' is not a timm model .*timm\.list_models"),
     ("model-missing-arch", {"epochs": 3}, r"models\.m: missing key\(s\) \['arch'\]"),
     ("model-unknown-key", {"arch": "resnet18", "epoch": 3}, r"models\.m: unknown key\(s\) \['epoch'\]"),
@@ -796,15 +1069,25 @@ class RunsEval:
         return (eval, ("open('pwned', 'w')",))
 
 
-GOOD_ROWS = [{"filename": "a.jpg", "scores": np.array([0.75, 0.25], np.float32)},
-             {"filename": "b.jpg", "scores": np.array([0.125, 0.875], np.float32)}]
+GOOD_ROWS = [
+    {"filename": "a.jpg", "scores": np.array([0.75, 0.25], np.float32)},
+    {"filename": "b.jpg", "scores": np.array([0.125, 0.875], np.float32)},
+]
 
 PICKLE_CASES = [
     ("pkl-valid-list", pickle.dumps(GOOD_ROWS), None),
     ("pkl-valid-protocol2", pickle.dumps(GOOD_ROWS, protocol=2), None),
-    ("pkl-valid-columns", pickle.dumps({"filename": ["a.jpg", "b.jpg"], "scores": np.array([[0.75, 0.25], [0.125, 0.875]])}), None),
+    (
+        "pkl-valid-columns",
+        pickle.dumps({"filename": ["a.jpg", "b.jpg"], "scores": np.array([[0.75, 0.25], [0.125, 0.875]])}),
+        None,
+    ),
     ("pkl-valid-dict", pickle.dumps({"a.jpg": np.array([0.75, 0.25]), "b.jpg": np.array([0.125, 0.875])}), None),
-    ("pkl-os-system", pickle.dumps([{"filename": "a.jpg", "scores": RunsCode()}]), r"refusing to unpickle (posix|os)\.system"),
+    (
+        "pkl-os-system",
+        pickle.dumps([{"filename": "a.jpg", "scores": RunsCode()}]),
+        r"refusing to unpickle (posix|os)\.system",
+    ),
     ("pkl-eval", pickle.dumps(RunsEval()), r"refusing to unpickle builtins\.eval"),
     ("pkl-truncated", pickle.dumps(GOOD_ROWS)[:25], r"not a readable pickle"),
     ("pkl-empty", b"", r"not a readable pickle"),
@@ -814,7 +1097,11 @@ PICKLE_CASES = [
     ("pkl-ragged", pickle.dumps([GOOD_ROWS[0], {"filename": "b.jpg", "scores": np.ones(3) / 3}]), r"different lengths"),
     ("pkl-no-filename", pickle.dumps([{"name": "a.jpg", "scores": np.ones(2) / 2}]), r"no 'filename' key"),
     ("pkl-duplicate-name", pickle.dumps([GOOD_ROWS[0], GOOD_ROWS[0]]), r"a file name appears twice"),
-    ("pkl-object-array", pickle.dumps([{"filename": "a.jpg", "scores": np.array([object()], dtype=object)}]), r"object array|refusing"),
+    (
+        "pkl-object-array",
+        pickle.dumps([{"filename": "a.jpg", "scores": np.array([object()], dtype=object)}]),
+        r"object array|refusing",
+    ),
     ("pkl-wrong-shape", pickle.dumps({"something": 1}), r"expected a list of"),
 ]
 
@@ -850,10 +1137,17 @@ def test_legacy_import_rule_script(tmp_path):
         cwd = tmp_path / name
         cwd.mkdir()
         (cwd / "m-7500.pkl").write_bytes(data)
-        jobs.append({"rule": "legacy_import", "cwd": str(cwd), "script": str(REPO / "workflow/scripts/legacy_import.py"),
-                     "input": [(None, "m-7500.pkl")], "params": [("split", "testb")],
-                     "output": [(None, "out/m.npy"), (None, "out/m.rows.txt"), (None, "out/m.json")],
-                     "log": [(None, str(cwd / "log.txt"))]})
+        jobs.append(
+            {
+                "rule": "legacy_import",
+                "cwd": str(cwd),
+                "script": str(REPO / "workflow/scripts/legacy_import.py"),
+                "input": [(None, "m-7500.pkl")],
+                "params": [("split", "testb")],
+                "output": [(None, "out/m.npy"), (None, "out/m.rows.txt"), (None, "out/m.json")],
+                "log": [(None, str(cwd / "log.txt"))],
+            }
+        )
     rcs = run_rule_scripts(jobs, tmp_path)
     for (name, _, pattern), rc in zip(PICKLE_CASES, rcs):
         cwd = tmp_path / name
@@ -889,8 +1183,12 @@ SOUP_CASES = [
     ("soup-state-dict-wrapper", ["wrapped.pth", "wrapped.pth"], None),
     ("soup-keys-differ", ["a.pth", "keys.pth"], r"keys\.pth: keys differ from .*a\.pth"),
     ("soup-shape-differs", ["a.pth", "shape.pth"], r"shape\.pth: 'w' is \(3,\) torch\.float32"),
-    ("soup-hostile-pickle", ["a.pth", "evil.pth"], r"evil\.pth: not a loadable webfg checkpoint \(it holds Python "
-     r"objects besides tensors and plain containers, which are never unpickled\)$"),
+    (
+        "soup-hostile-pickle",
+        ["a.pth", "evil.pth"],
+        r"evil\.pth: not a loadable webfg checkpoint \(it holds Python "
+        r"objects besides tensors and plain containers, which are never unpickled\)$",
+    ),
     ("soup-no-tensors", ["notensors.pth"], r"notensors\.pth: expected a state dict of tensors"),
     ("soup-text-file", ["text.pth"], r"text\.pth: not a loadable webfg checkpoint"),
     ("soup-empty-file", ["empty.pth"], r"empty\.pth: not a loadable webfg checkpoint"),
@@ -899,8 +1197,9 @@ SOUP_CASES = [
 ]
 
 
-@pytest.mark.parametrize("name, files, pattern", SOUP_CASES,
-                         ids=[c.values[0] if hasattr(c, "marks") else c[0] for c in SOUP_CASES])
+@pytest.mark.parametrize(
+    "name, files, pattern", SOUP_CASES, ids=[c.values[0] if hasattr(c, "marks") else c[0] for c in SOUP_CASES]
+)
 def test_soup_command(name, files, pattern, tmp_path, capsys, monkeypatch):
     import torch
 
@@ -954,8 +1253,18 @@ def test_outputs_follow_the_umask(mask, tmp_path):
 
 
 def _snakemake(workdir: Path, config: Path, *targets: str) -> subprocess.CompletedProcess:
-    cmd = [str(Path(sys.executable).with_name("snakemake")), "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-           "--cores", "1", *targets, "--configfile", str(config)]
+    cmd = [
+        str(Path(sys.executable).with_name("snakemake")),
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--cores",
+        "1",
+        *targets,
+        "--configfile",
+        str(config),
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
 
 
@@ -974,8 +1283,11 @@ def _tiny_config(tmp_path: Path, root: Path, **replace) -> Path:
 def test_snakemake_input_error_is_one_line_on_the_terminal_and_nothing_is_written(tmp_path):
     root = make_tree(tmp_path / "data")
     (root / "meta.txt").write_text(META.replace("0001/2.png 1", "0001/2.png one"))
-    config = _tiny_config(tmp_path, root, **{"test_splits: [testa, testb]":
-                                             f"test_splits: [testa, testb]\n  meta_all: {root / 'meta.txt'}"})
+    config = _tiny_config(
+        tmp_path,
+        root,
+        **{"test_splits: [testa, testb]": f"test_splits: [testa, testb]\n  meta_all: {root / 'meta.txt'}"},
+    )
     proc = _snakemake(tmp_path, config, "results/clean/classes.tsv")
     assert proc.returncode != 0
     terminal = proc.stdout + proc.stderr
@@ -991,8 +1303,9 @@ def test_snakemake_records_layout_drops_and_writes_the_class_list(tmp_path):
     (root / "train/stray.png").write_bytes(png(1))
     (root / "train/0001/sub").mkdir()
     (root / "train/0001/sub/x.png").write_bytes(png(2))
-    proc = _snakemake(tmp_path, _tiny_config(tmp_path, root, **{"num_classes: 6": "num_classes: 3"}),
-                      "results/clean/classes.tsv")
+    proc = _snakemake(
+        tmp_path, _tiny_config(tmp_path, root, **{"num_classes: 6": "num_classes: 3"}), "results/clean/classes.tsv"
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     removed = (tmp_path / "results/clean/removed.tsv").read_text()
     assert "train/stray.png\tdirectly in train/" in removed and "train/0001/sub/x.png\tin sub-folder" in removed
@@ -1001,12 +1314,19 @@ def test_snakemake_records_layout_drops_and_writes_the_class_list(tmp_path):
 
 
 @pytest.mark.dag
-@pytest.mark.parametrize("replace, message", [
-    ({"  val_fraction: 0.1\n": "  val_fraction: 0.1\n  val_fraction: 0.5\n"},
-     r"config .*config\.yaml:\d+: duplicate key 'val_fraction' \(first at line \d+\)"),
-    ({"arch: vit_tiny_r_s16_p8_224": "arch: vit_tiny_r_s16_p8_2244"},
-     r"config models\.vit_linear\.arch: 'vit_tiny_r_s16_p8_2244' is not a timm model .*close matches: vit_tiny_r_s16_p8_224"),
-])
+@pytest.mark.parametrize(
+    "replace, message",
+    [
+        (
+            {"  val_fraction: 0.1\n": "  val_fraction: 0.1\n  val_fraction: 0.5\n"},
+            r"config .*config\.yaml:\d+: duplicate key 'val_fraction' \(first at line \d+\)",
+        ),
+        (
+            {"arch: vit_tiny_r_s16_p8_224": "arch: vit_tiny_r_s16_p8_2244"},
+            r"config models\.vit_linear\.arch: 'vit_tiny_r_s16_p8_2244' is not a timm model .*close matches: vit_tiny_r_s16_p8_224",
+        ),
+    ],
+)
 def test_snakemake_refuses_bad_configs_at_parse_time(tmp_path, replace, message):
     root = make_tree(tmp_path / "data")
     proc = _snakemake(tmp_path, _tiny_config(tmp_path, root, **replace), "-n")

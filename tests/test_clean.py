@@ -45,8 +45,10 @@ def test_clean_split_drops_broken_duplicates_and_conflicts(tmp_path):
     removed = removed_rows(out)
     assert removed["train/0000/trunc.png"].startswith("undecodable")
     assert removed["train/0000/html.jpg"].startswith("undecodable")
-    assert removed["train/0001/img 1 ü.png"] == "duplicate of train/0001/dup.png" or \
-        removed["train/0001/dup.png"] == "duplicate of train/0001/img 1 ü.png"
+    assert (
+        removed["train/0001/img 1 ü.png"] == "duplicate of train/0001/dup.png"
+        or removed["train/0001/dup.png"] == "duplicate of train/0001/img 1 ü.png"
+    )
     assert removed["train/0000/img 0 ü.png"].startswith("conflicting labels")
     assert removed["train/0002/conflict.png"].startswith("conflicting labels")
     assert len(removed) == 5
@@ -103,11 +105,13 @@ def test_clean_split_checks_num_classes_and_meta_lines(tmp_path):
 def test_filter_noisy_removes_only_confident_disagreements(tmp_path):
     train = tmp_path / "train.txt"
     train.write_text("train/a.png 0\ntrain/b.png 1\ntrain/c.png 2\n", encoding="utf-8")
-    probs = np.array([
-        [0.98, 0.01, 0.01],  # agrees: kept
-        [0.90, 0.04, 0.06],  # label 1 at 0.04 < 0.05, class 0 at 0.9: removed
-        [0.45, 0.45, 0.10],  # label 2 at 0.10 is not < 0.05: kept
-    ])
+    probs = np.array(
+        [
+            [0.98, 0.01, 0.01],  # agrees: kept
+            [0.90, 0.04, 0.06],  # label 1 at 0.04 < 0.05, class 0 at 0.9: removed
+            [0.45, 0.45, 0.10],  # label 2 at 0.10 is not < 0.05: kept
+        ]
+    )
     rows = ["train/a.png", "train/b.png", "train/c.png"]
     stats = filter_noisy(train, probs, rows, tmp_path / "kept.txt", tmp_path / "rm.tsv")
     assert stats == {"kept": 2, "removed": 1}
@@ -120,8 +124,15 @@ def test_filter_noisy_matches_rows_in_any_order(tmp_path):
     train.write_text("train/a.png 0\ntrain/b.png 1\ntrain/c.png 2\n", encoding="utf-8")
     # the scoring prediction lists the rows in another order: c, a, b
     probs = np.array([[0.1, 0.1, 0.8], [0.01, 0.01, 0.98], [0.96, 0.02, 0.02]])
-    stats = filter_noisy(train, probs, ["train/c.png", "train/a.png", "train/b.png"],
-                         tmp_path / "kept.txt", tmp_path / "rm.tsv", max_label_prob=0.05, min_top_prob=0.5)
+    stats = filter_noisy(
+        train,
+        probs,
+        ["train/c.png", "train/a.png", "train/b.png"],
+        tmp_path / "kept.txt",
+        tmp_path / "rm.tsv",
+        max_label_prob=0.05,
+        min_top_prob=0.5,
+    )
     # a: label 0 at 0.01, class 2 at 0.98 -> removed; b: label 1 at 0.02, class 0 at 0.96 -> removed
     assert stats == {"kept": 1, "removed": 2}
     assert read_split_list(tmp_path / "kept.txt") == [("train/c.png", 2)]

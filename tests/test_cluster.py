@@ -8,11 +8,21 @@ import pytest
 
 from webfg.cli import main
 from webfg.cluster import (
-    ResourceError, check_cpu_job, check_fits, check_local_gpus, check_workers, job_geometry, job_threads, launch_command, parse_sinfo,
+    ResourceError,
+    check_cpu_job,
+    check_fits,
+    check_local_gpus,
+    check_workers,
+    job_geometry,
+    job_threads,
+    launch_command,
+    parse_sinfo,
 )
 
-SINFO = ("debug*|1|gpu:2|2|7900\ngpu|3|gpu:a100:8(S:0-1)|128|1000000\ngpu|1|gpu:a100:4,gpu:v100:2|64+|500000\n"
-         "cpu|10|(null)|32|192000\n")
+SINFO = (
+    "debug*|1|gpu:2|2|7900\ngpu|3|gpu:a100:8(S:0-1)|128|1000000\ngpu|1|gpu:a100:4,gpu:v100:2|64+|500000\n"
+    "cpu|10|(null)|32|192000\n"
+)
 
 
 def test_geometry_is_one_process_per_gpu_spread_over_nodes():
@@ -21,11 +31,21 @@ def test_geometry_is_one_process_per_gpu_spread_over_nodes():
     assert job_geometry({}, "x")["tasks_per_node"] == 1  # CPU-only: one process
 
 
-@pytest.mark.parametrize("res, key, hint", [
-    ({"gpus": 16, "nodes": 3}, "models.vit.resources: gpus 16 do not divide into nodes 3",
-     "set models.vit.resources.nodes to one of [1, 2, 4, 8, 16]"),
-    ({"gpus": 0, "nodes": 2}, "models.vit.resources.nodes: 2 nodes for a CPU-only job", "set models.vit.resources.nodes to 1"),
-])
+@pytest.mark.parametrize(
+    "res, key, hint",
+    [
+        (
+            {"gpus": 16, "nodes": 3},
+            "models.vit.resources: gpus 16 do not divide into nodes 3",
+            "set models.vit.resources.nodes to one of [1, 2, 4, 8, 16]",
+        ),
+        (
+            {"gpus": 0, "nodes": 2},
+            "models.vit.resources.nodes: 2 nodes for a CPU-only job",
+            "set models.vit.resources.nodes to 1",
+        ),
+    ],
+)
 def test_geometry_errors_name_the_key_to_change(res, key, hint):
     with pytest.raises(ResourceError) as e:
         job_geometry(res, "models.vit.resources")
@@ -45,18 +65,27 @@ def test_sinfo_gives_each_partitions_gpus_per_node_and_node_count():
 def test_cpus_and_memory_larger_than_any_node_are_refused_naming_the_key():
     parts = parse_sinfo(SINFO)
     check_fits("vit", job_geometry({"gpus": 8, "cpus_per_gpu": 16, "mem_mb": 900000}, "x"), parts, "gpu")
-    with pytest.raises(ResourceError, match=r"^models.vit.resources.cpus_per_gpu \(x 8 GPUs per node\): 256 CPUs per "
-                                            r"node, but the nodes of Slurm partition 'gpu' have at most 128; lower"):
+    with pytest.raises(
+        ResourceError,
+        match=r"^models.vit.resources.cpus_per_gpu \(x 8 GPUs per node\): 256 CPUs per "
+        r"node, but the nodes of Slurm partition 'gpu' have at most 128; lower",
+    ):
         check_fits("vit", job_geometry({"gpus": 8, "cpus_per_gpu": 32}, "x"), parts, "gpu")
-    with pytest.raises(ResourceError, match=r"^models.vit.resources.mem_mb: 16000 MB per node, but the nodes of Slurm "
-                                            r"partition 'debug' have at most 7900 MB; lower models.vit.resources"
-                                            r".mem_mb to at most 7900$"):
+    with pytest.raises(
+        ResourceError,
+        match=r"^models.vit.resources.mem_mb: 16000 MB per node, but the nodes of Slurm "
+        r"partition 'debug' have at most 7900 MB; lower models.vit.resources"
+        r".mem_mb to at most 7900$",
+    ):
         check_fits("vit", job_geometry({"gpus": 1, "cpus_per_gpu": 1, "mem_mb": 16000}, "x"), parts, "")
     with pytest.raises(ResourceError, match=r"^models.demo.resources.cpus_per_gpu: 4 CPUs per node"):
         check_fits("demo", job_geometry({}, "x"), parts, "debug")  # CPU-only: one process of 4 CPUs
     check_cpu_job("clean.resources", 32, 192000, parts, "cpu")
-    with pytest.raises(ResourceError, match=r"^clean.resources.cpus: 4 CPUs per node, but the nodes of Slurm "
-                                            r"partition 'debug' have at most 2; lower clean.resources.cpus$"):
+    with pytest.raises(
+        ResourceError,
+        match=r"^clean.resources.cpus: 4 CPUs per node, but the nodes of Slurm "
+        r"partition 'debug' have at most 2; lower clean.resources.cpus$",
+    ):
         check_cpu_job("clean.resources", 4, 1000, parts, "")
     with pytest.raises(ResourceError, match=r"'nope' \(WEBFG_SLURM_CPU_PARTITION\) is not one of"):
         check_cpu_job("clean.resources", 1, 1000, parts, "nope")
@@ -65,12 +94,18 @@ def test_cpus_and_memory_larger_than_any_node_are_refused_naming_the_key():
 def test_requests_larger_than_the_partition_are_refused_with_the_fix():
     parts = parse_sinfo(SINFO)
     check_fits("vit", job_geometry({"gpus": 16, "nodes": 2}, "x"), parts, "gpu")  # 8 per node: fits
-    with pytest.raises(ResourceError, match=r"models.vit.resources: 16 GPUs on 1 node\(s\) = 16 per node, but Slurm "
-                                            r"partition 'gpu' has at most 8 GPUs per node; set models.vit.resources"
-                                            r".nodes to 2$"):
+    with pytest.raises(
+        ResourceError,
+        match=r"models.vit.resources: 16 GPUs on 1 node\(s\) = 16 per node, but Slurm "
+        r"partition 'gpu' has at most 8 GPUs per node; set models.vit.resources"
+        r".nodes to 2$",
+    ):
         check_fits("vit", job_geometry({"gpus": 16}, "x"), parts, "gpu")
-    with pytest.raises(ResourceError, match="partition 'debug' has at most 2 GPUs per node; lower "
-                                            r"models.vit.resources.gpus to at most 2 \(1 node\(s\) x 2\)"):
+    with pytest.raises(
+        ResourceError,
+        match="partition 'debug' has at most 2 GPUs per node; lower "
+        r"models.vit.resources.gpus to at most 2 \(1 node\(s\) x 2\)",
+    ):
         check_fits("vit", job_geometry({"gpus": 4}, "x"), parts, "")  # the default partition, one node
     with pytest.raises(ResourceError, match="set models.vit.resources.nodes to 4$"):  # 12 GPUs: 3 per node
         check_fits("vit", job_geometry({"gpus": 12}, "x"), parse_sinfo("gpu|4|gpu:3"), "gpu")
@@ -87,8 +122,14 @@ def test_launcher_uses_srun_in_a_batch_script_torchrun_on_one_machine_else_this_
     argv = ["train", "--config", "m.yaml"]
     batch = {"SLURM_JOB_ID": "7"}  # what the jobstep leaves of the Slurm environment
     cmd = launch_command(argv, 2, 8, 6, True, env=batch)
-    assert cmd[:6] == ["srun", "--nodes=2", "--ntasks-per-node=8", "--cpus-per-task=6", "--kill-on-bad-exit=1",
-                       "--unbuffered"]
+    assert cmd[:6] == [
+        "srun",
+        "--nodes=2",
+        "--ntasks-per-node=8",
+        "--cpus-per-task=6",
+        "--kill-on-bad-exit=1",
+        "--unbuffered",
+    ]
     assert cmd[6] == "--gpus-per-task=1" and cmd[7:] == [sys.executable, "-m", "webfg.cli", *argv]
     # a single process is an srun task too, so Slurm's signals reach the trainer, not Snakemake
     assert launch_command(argv, 1, 1, 2, False, env=batch)[:3] == ["srun", "--nodes=1", "--ntasks-per-node=1"]
@@ -108,6 +149,7 @@ def test_launch_without_a_command_is_one_line(capsys):
 
 
 # ---- one machine, several GPUs: threads sized to the job, GPU slots, requests checked before any job
+
 
 def test_gpu_jobs_take_their_share_of_the_cores_and_cpu_jobs_all():
     assert job_threads(job_geometry({}, "x"), 2) == 2  # the CPU demo: one torch job at a time
@@ -143,13 +185,19 @@ def test_gpu_slots_are_disjoint_and_freed(tmp_path):
 
 
 def test_bad_requests_name_the_key():
-    with pytest.raises(ResourceError, match=r"models.vit.num_workers: 9 loader processes per training process "
-                                            r"exceed the 8 CPUs it asks for \(models.vit.resources.cpus_per_gpu\)"):
+    with pytest.raises(
+        ResourceError,
+        match=r"models.vit.num_workers: 9 loader processes per training process "
+        r"exceed the 8 CPUs it asks for \(models.vit.resources.cpus_per_gpu\)",
+    ):
         check_workers(9, job_geometry({"gpus": 1, "cpus_per_gpu": 8}, "x"), "models.vit")
     check_workers(8, job_geometry({"gpus": 1, "cpus_per_gpu": 8}, "x"), "models.vit")
     check_workers(None, job_geometry({}, "x"), "models.vit")
-    with pytest.raises(ResourceError, match=r"models.vit.resources.gpus: 1 GPU\(s\) requested, but this machine has "
-                                            "none"):
+    with pytest.raises(
+        ResourceError,
+        match=r"models.vit.resources.gpus: 1 GPU\(s\) requested, but this machine has "
+        "none",
+    ):
         check_local_gpus({"models.vit.resources.gpus": 1}, [])
     with pytest.raises(ResourceError, match="models.vit.resources.gpus: 8 GPUs on one node, but this machine has 2"):
         check_local_gpus({"models.vit.resources.gpus": 8}, ["0", "1"])
@@ -163,10 +211,13 @@ def test_mae_architecture_must_match_the_model_it_starts():
     mae = MAEConfig.from_dict({"arch": "vit_tiny_patch16_224", "arch_kwargs": {"img_size": 224, "depth": 4}})
     check_pretrain_matches(ModelConfig.from_dict(vit), mae, "models.v", "pretrain.m")  # img_size may differ
     with pytest.raises(ValueError, match=r"models.v.arch_kwargs.depth: 6 differs from 4 in pretrain.m.arch_kwargs"):
-        check_pretrain_matches(ModelConfig.from_dict({**vit, "arch_kwargs": {"depth": 6}}), mae, "models.v", "pretrain.m")
+        check_pretrain_matches(
+            ModelConfig.from_dict({**vit, "arch_kwargs": {"depth": 6}}), mae, "models.v", "pretrain.m"
+        )
     with pytest.raises(ValueError, match=r"models.v.arch: 'vit_small_patch16_224' is not the arch"):
-        check_pretrain_matches(ModelConfig.from_dict({**vit, "arch": "vit_small_patch16_224"}), mae, "models.v",
-                               "pretrain.m")
+        check_pretrain_matches(
+            ModelConfig.from_dict({**vit, "arch": "vit_small_patch16_224"}), mae, "models.v", "pretrain.m"
+        )
 
 
 def _snakemake(workdir, *args, configs=(), env=None):
@@ -177,10 +228,26 @@ def _snakemake(workdir, *args, configs=(), env=None):
 
     repo = Path(__file__).resolve().parents[1]
     configs = [str(c) for c in configs] or [str(repo / "config/tiny.yaml")]
-    cmd = [str(Path(sys.executable).with_name("snakemake")), "-s", str(repo / "Snakefile"), "-d", str(workdir),
-           "--cores", "2", *args, "--configfile", *configs]
-    return subprocess.run(cmd, cwd=workdir, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
-                          capture_output=True, text=True, timeout=900)
+    cmd = [
+        str(Path(sys.executable).with_name("snakemake")),
+        "-s",
+        str(repo / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--cores",
+        "2",
+        *args,
+        "--configfile",
+        *configs,
+    ]
+    return subprocess.run(
+        cmd,
+        cwd=workdir,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 @pytest.mark.dag
@@ -196,14 +263,17 @@ def test_bad_resources_fail_before_any_job_naming_the_key(tmp_path):
     (tmp_path / "g.yaml").write_text("models:\n  vit_linear: {resources: {gpus: 1}}\n")
     out = _snakemake(tmp_path, configs=[tiny, tmp_path / "g.yaml"], env={"WEBFG_GPU_IDS": ""})
     assert out.returncode and "models.vit_linear.resources.gpus: 1 GPU(s) requested, but this machine has none" in (
-        out.stdout + out.stderr)
+        out.stdout + out.stderr
+    )
     assert not (tmp_path / "results").exists() and not (tmp_path / "data").exists()
     # an MAE encoder of another architecture than the model it starts
     (tmp_path / "m.yaml").write_text("pretrain:\n  vit_mae: {arch_kwargs: {img_size: 32, patch_size: 2, depth: 2}}\n")
-    out = _snakemake(tmp_path, "-n", configs=[repo / "config/demo.yaml", repo / "config/demo-mae.yaml",
-                                              tmp_path / "m.yaml"])
+    out = _snakemake(
+        tmp_path, "-n", configs=[repo / "config/demo.yaml", repo / "config/demo-mae.yaml", tmp_path / "m.yaml"]
+    )
     assert out.returncode and "models.vit_linear.arch_kwargs.depth: 4 differs from 2 in pretrain.vit_mae" in (
-        out.stdout + out.stderr)
+        out.stdout + out.stderr
+    )
 
 
 @pytest.mark.dag
@@ -213,13 +283,22 @@ def test_two_one_gpu_jobs_run_side_by_side_on_disjoint_gpus(tmp_path):
     with 1 of the 2 cores and its own CUDA_VISIBLE_DEVICES (from the job logs)."""
     import re
 
-    (tmp_path / "two.yaml").write_text("models:\n  swin_arc: {resources: {gpus: 1, cpus_per_gpu: 1}}\n"
-                                       "  vit_linear: {resources: {gpus: 1, cpus_per_gpu: 1}}\n")
+    (tmp_path / "two.yaml").write_text(
+        "models:\n  swin_arc: {resources: {gpus: 1, cpus_per_gpu: 1}}\n"
+        "  vit_linear: {resources: {gpus: 1, cpus_per_gpu: 1}}\n"
+    )
     from pathlib import Path
 
     tiny = Path(__file__).resolve().parents[1] / "config/tiny.yaml"
-    out = _snakemake(tmp_path, "results/r0/train/swin_arc.pt", "results/r0/train/vit_linear.pt", "--resources", "gpu=2",
-                     configs=[tiny, tmp_path / "two.yaml"], env={"WEBFG_GPU_IDS": "0,1", "WEBFG_GPU_LOCK_DIR": str(tmp_path / "locks")})
+    out = _snakemake(
+        tmp_path,
+        "results/r0/train/swin_arc.pt",
+        "results/r0/train/vit_linear.pt",
+        "--resources",
+        "gpu=2",
+        configs=[tiny, tmp_path / "two.yaml"],
+        env={"WEBFG_GPU_IDS": "0,1", "WEBFG_GPU_LOCK_DIR": str(tmp_path / "locks")},
+    )
     assert out.returncode == 0, out.stderr[-4000:]
     jobs = {}
     for model in ("swin_arc", "vit_linear"):

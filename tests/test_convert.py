@@ -11,8 +11,14 @@ from timm.layers import resample_abs_pos_embed
 
 from webfg.cli import main as cli_main
 from webfg.config import ModelConfig
-from webfg.convert import (convert_checkpoint, detect_layout, load_weights, read_state_dict,
-                           timm_to_unfold_order, unfold_to_timm_order)
+from webfg.convert import (
+    convert_checkpoint,
+    detect_layout,
+    load_weights,
+    read_state_dict,
+    timm_to_unfold_order,
+    unfold_to_timm_order,
+)
 from webfg.io import InputError
 from webfg.model import Classifier
 from webfg.train import load_model
@@ -20,18 +26,43 @@ from webfg.train import load_model
 FIX = Path(__file__).parent / "fixtures" / "mmpretrain"
 
 # the fixtures' networks as timm models (see make_fixtures.py)
-SWIN_FIX = dict(arch="swinv2_tiny_window8_256", head="arcface", img_size=64, arch_kwargs=dict(
-    img_size=64, patch_size=2, embed_dim=8, depths=[2, 2, 1, 1], num_heads=[1, 1, 2, 4],
-    window_size=[8, 8, 8, 4], pretrained_window_sizes=[4, 4, 4, 2]))
+SWIN_FIX = dict(
+    arch="swinv2_tiny_window8_256",
+    head="arcface",
+    img_size=64,
+    arch_kwargs=dict(
+        img_size=64,
+        patch_size=2,
+        embed_dim=8,
+        depths=[2, 2, 1, 1],
+        num_heads=[1, 1, 2, 4],
+        window_size=[8, 8, 8, 4],
+        pretrained_window_sizes=[4, 4, 4, 2],
+    ),
+)
 VIT_KW = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
-VIT_FIX = dict(arch="vit_base_patch16_224", head="linear", img_size=32, logit_adjust_tau=0.0,
-               arch_kwargs=dict(VIT_KW, global_pool="avg", fc_norm=True))
+VIT_FIX = dict(
+    arch="vit_base_patch16_224",
+    head="linear",
+    img_size=32,
+    logit_adjust_tau=0.0,
+    arch_kwargs=dict(VIT_KW, global_pool="avg", fc_norm=True),
+)
 # smaller Swin-V2 for layouts rebuilt from timm: the original's 192 px window 12 -> 384 px
 # windows [24,24,24,12] from pretrained [12,12,12,6], scaled down by 6
-SWIN_SRC = dict(arch="swinv2_tiny_window8_256", head="arcface", img_size=64, arch_kwargs=dict(
-    img_size=64, embed_dim=24, depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 8], window_size=4))
-SWIN_DST = dict(SWIN_SRC, img_size=128, arch_kwargs=dict(
-    SWIN_SRC["arch_kwargs"], img_size=128, window_size=[8, 8, 8, 4], pretrained_window_sizes=[4, 4, 4, 2]))
+SWIN_SRC = dict(
+    arch="swinv2_tiny_window8_256",
+    head="arcface",
+    img_size=64,
+    arch_kwargs=dict(img_size=64, embed_dim=24, depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 8], window_size=4),
+)
+SWIN_DST = dict(
+    SWIN_SRC,
+    img_size=128,
+    arch_kwargs=dict(
+        SWIN_SRC["arch_kwargs"], img_size=128, window_size=[8, 8, 8, 4], pretrained_window_sizes=[4, 4, 4, 2]
+    ),
+)
 
 
 def build(d, num_classes=5, counts=None, **over):
@@ -58,13 +89,15 @@ def quiet(*a):
 def timm_to_mmcls_swinv2(model: Classifier) -> dict:
     """A webfg Swin-V2 + ArcFace in MMCls 1.x key layout (what the original's files hold)."""
     last = len(model.backbone.layers) - 1
-    rules = [(r"^patch_embed\.proj\.", "patch_embed.projection."),
-             (r"^layers\.(\d+)\.downsample\.", r"stages.\1.downsample."),
-             (r"^layers\.(\d+)\.blocks\.(\d+)\.attn\.", r"stages.\1.blocks.\2.attn.w_msa."),
-             (r"^layers\.(\d+)\.blocks\.(\d+)\.mlp\.fc1\.", r"stages.\1.blocks.\2.ffn.layers.0.0."),
-             (r"^layers\.(\d+)\.blocks\.(\d+)\.mlp\.fc2\.", r"stages.\1.blocks.\2.ffn.layers.1."),
-             (r"^layers\.(\d+)\.blocks\.(\d+)\.norm", r"stages.\1.blocks.\2.norm"),
-             (r"^norm\.", f"norm{last}.")]
+    rules = [
+        (r"^patch_embed\.proj\.", "patch_embed.projection."),
+        (r"^layers\.(\d+)\.downsample\.", r"stages.\1.downsample."),
+        (r"^layers\.(\d+)\.blocks\.(\d+)\.attn\.", r"stages.\1.blocks.\2.attn.w_msa."),
+        (r"^layers\.(\d+)\.blocks\.(\d+)\.mlp\.fc1\.", r"stages.\1.blocks.\2.ffn.layers.0.0."),
+        (r"^layers\.(\d+)\.blocks\.(\d+)\.mlp\.fc2\.", r"stages.\1.blocks.\2.ffn.layers.1."),
+        (r"^layers\.(\d+)\.blocks\.(\d+)\.norm", r"stages.\1.blocks.\2.norm"),
+        (r"^norm\.", f"norm{last}."),
+    ]
     out = {}
     for k, v in model.backbone.state_dict().items():
         for pattern, repl in rules:
@@ -79,10 +112,15 @@ def timm_to_mmcls_swinv2(model: Classifier) -> dict:
 
 def timm_to_mmcls_vit(model: Classifier) -> dict:
     """A webfg ViT (avg token + fc_norm, linear head) in MMCls VisionTransformer layout."""
-    rules = [(r"^patch_embed\.proj\.", "patch_embed.projection."), (r"^blocks\.(\d+)\.norm1\.", r"layers.\1.ln1."),
-             (r"^blocks\.(\d+)\.norm2\.", r"layers.\1.ln2."), (r"^blocks\.(\d+)\.attn\.", r"layers.\1.attn."),
-             (r"^blocks\.(\d+)\.mlp\.fc1\.", r"layers.\1.ffn.layers.0.0."),
-             (r"^blocks\.(\d+)\.mlp\.fc2\.", r"layers.\1.ffn.layers.1."), (r"^fc_norm\.", "ln2.")]
+    rules = [
+        (r"^patch_embed\.proj\.", "patch_embed.projection."),
+        (r"^blocks\.(\d+)\.norm1\.", r"layers.\1.ln1."),
+        (r"^blocks\.(\d+)\.norm2\.", r"layers.\1.ln2."),
+        (r"^blocks\.(\d+)\.attn\.", r"layers.\1.attn."),
+        (r"^blocks\.(\d+)\.mlp\.fc1\.", r"layers.\1.ffn.layers.0.0."),
+        (r"^blocks\.(\d+)\.mlp\.fc2\.", r"layers.\1.ffn.layers.1."),
+        (r"^fc_norm\.", "ln2."),
+    ]
     out = {}
     for k, v in model.backbone.state_dict().items():
         if k.startswith("head."):
@@ -161,8 +199,13 @@ def test_original_arcface_checkpoint_starts_the_next_round():
 
 def test_mmpretrain_swinv2_window_mismatch_is_named(tmp_path):
     """The saved coordinate tables reveal a model built without the original's pretrained windows."""
-    cfg = dict(SWIN_FIX, arch_kwargs={k: v for k, v in SWIN_FIX["arch_kwargs"].items() if k != "pretrained_window_sizes"})
-    with pytest.raises(InputError, match=r"swinv2_arcface\.pth: .*window 8 \(pretrained window 4\), the model uses window 8 \(pretrained window 8\)"):
+    cfg = dict(
+        SWIN_FIX, arch_kwargs={k: v for k, v in SWIN_FIX["arch_kwargs"].items() if k != "pretrained_window_sizes"}
+    )
+    with pytest.raises(
+        InputError,
+        match=r"swinv2_arcface\.pth: .*window 8 \(pretrained window 4\), the model uses window 8 \(pretrained window 8\)",
+    ):
         convert_checkpoint(FIX / "swinv2_arcface.pth", ModelConfig.from_dict(cfg), tmp_path / "m.pt", log=quiet)
     assert not (tmp_path / "m.pt").exists()
 
@@ -187,13 +230,24 @@ def test_mmselfsup_mae_encoder_starts_training(tmp_path):
     encoder's tokens are reproduced exactly; in the recipe's model (avg pool + fc_norm, twice
     the grid) the decoder and final norm are left out, fc_norm starts fresh, pos_embed resampled."""
     ref = torch.load(FIX / "mae_vit.ref.pt", weights_only=True)
-    same = build(dict(arch="vit_base_patch16_224", head="linear", img_size=32, arch_kwargs=VIT_KW,
-                      pretrained_file=str(FIX / "mae_vit.pth")))
+    same = build(
+        dict(
+            arch="vit_base_patch16_224",
+            head="linear",
+            img_size=32,
+            arch_kwargs=VIT_KW,
+            pretrained_file=str(FIX / "mae_vit.pth"),
+        )
+    )
     assert torch.allclose(same.backbone.forward_features(ref["x"]), ref["out"], atol=1e-5)
 
     notes = []
-    recipe = dict(VIT_FIX, img_size=64, arch_kwargs=dict(VIT_FIX["arch_kwargs"], img_size=64),
-                  pretrained_file=str(FIX / "mae_vit.pth"))
+    recipe = dict(
+        VIT_FIX,
+        img_size=64,
+        arch_kwargs=dict(VIT_FIX["arch_kwargs"], img_size=64),
+        pretrained_file=str(FIX / "mae_vit.pth"),
+    )
     cfg = ModelConfig.from_dict(recipe)
     model = Classifier(cfg, 5, torch.ones(5), load_pretrained=False)
     fresh_fc_norm = model.backbone.fc_norm.weight.clone()
@@ -204,7 +258,9 @@ def test_mmselfsup_mae_encoder_starts_training(tmp_path):
     assert "fc_norm.weight" in log and "position embedding resampled 4x4 -> 8x8" in log
     assert torch.equal(model.backbone.fc_norm.weight, fresh_fc_norm)
     assert torch.equal(model.backbone.blocks[1].mlp.fc2.weight, source["backbone.layers.1.ffn.layers.1.weight"])
-    assert torch.equal(model.backbone.pos_embed, resample_abs_pos_embed(source["backbone.pos_embed"], [8, 8], num_prefix_tokens=1))
+    assert torch.equal(
+        model.backbone.pos_embed, resample_abs_pos_embed(source["backbone.pos_embed"], [8, 8], num_prefix_tokens=1)
+    )
     assert torch.isfinite(model.predict_logits(torch.randn(2, 3, 64, 64))).all()
 
     no_cls = build(dict(recipe, arch_kwargs=dict(recipe["arch_kwargs"], class_token=False)))  # config.yaml's ViT-L
@@ -231,7 +287,7 @@ def test_swinv2_window_change_keeps_the_position_bias(tmp_path):
         assert wd == 2 * ws
         with torch.no_grad():
             s_bias = s_attn.cpb_mlp(s_attn.relative_coords_table)
-            d_bias = d_attn.cpb_mlp(d_attn.relative_coords_table)[:, wd - ws:wd + ws - 1, wd - ws:wd + ws - 1]
+            d_bias = d_attn.cpb_mlp(d_attn.relative_coords_table)[:, wd - ws : wd + ws - 1, wd - ws : wd + ws - 1]
         assert torch.allclose(s_bias, d_bias, atol=1e-6)
     out = dst(torch.randn(2, 3, 128, 128))
     assert out.shape == (2, 5) and torch.isfinite(out).all()
@@ -241,7 +297,11 @@ def test_timm_and_webfg_files_start_training(tmp_path):
     """timm state dicts (also facebook-MAE style with a decoder) and webfg checkpoints load as
     pretrained_file; a head of another class count starts fresh."""
     src = randomise(build(VIT_FIX, num_classes=7))
-    mae = {**src.backbone.state_dict(), "mask_token": torch.zeros(1, 1, 16), "decoder_embed.weight": torch.zeros(16, 32)}
+    mae = {
+        **src.backbone.state_dict(),
+        "mask_token": torch.zeros(1, 1, 16),
+        "decoder_embed.weight": torch.zeros(16, 32),
+    }
     torch.save({"model": mae}, tmp_path / "mae.pth")
     torch.save({"state_dict": src.state_dict(), "config": "{}", "num_classes": 7, "meta": "{}"}, tmp_path / "webfg.pt")
     for name, layout in [("mae.pth", "timm"), ("webfg.pt", "webfg")]:
@@ -256,7 +316,9 @@ def test_timm_and_webfg_files_start_training(tmp_path):
 def test_mismatched_files_list_the_keys(tmp_path):
     vit = ModelConfig.from_dict(VIT_FIX)
     with pytest.raises(InputError) as e:  # a ViT file for a Swin model
-        convert_checkpoint(FIX / "vit_linear.pth", ModelConfig.from_dict(dict(SWIN_FIX, head="linear")), tmp_path / "m.pt", log=quiet)
+        convert_checkpoint(
+            FIX / "vit_linear.pth", ModelConfig.from_dict(dict(SWIN_FIX, head="linear")), tmp_path / "m.pt", log=quiet
+        )
     msg = str(e.value)
     assert msg.startswith(f"{FIX / 'vit_linear.pth'}: does not match swinv2_tiny_window8_256")
     assert "missing: backbone.patch_embed.norm.weight" in msg and "unexpected: backbone.cls_token" in msg
@@ -266,7 +328,12 @@ def test_mismatched_files_list_the_keys(tmp_path):
     with pytest.raises(InputError, match=r"of another shape: backbone\.cls_token \(1, 1, 32\) vs model \(1, 1, 48\)"):
         convert_checkpoint(FIX / "vit_linear.pth", wide, tmp_path / "m.pt", log=quiet)
     with pytest.raises(InputError, match="its head is arcface, the model config says head: linear"):
-        convert_checkpoint(FIX / "swinv2_arcface.pth", ModelConfig.from_dict(dict(SWIN_FIX, head="linear")), tmp_path / "m.pt", log=quiet)
+        convert_checkpoint(
+            FIX / "swinv2_arcface.pth",
+            ModelConfig.from_dict(dict(SWIN_FIX, head="linear")),
+            tmp_path / "m.pt",
+            log=quiet,
+        )
     with pytest.raises(InputError, match="its head has 7 classes, --num-classes says 9"):
         convert_checkpoint(FIX / "vit_linear.pth", vit, tmp_path / "m.pt", num_classes=9, log=quiet)
 
@@ -312,8 +379,19 @@ def test_cli_convert_then_infer(tmp_path, capsys):
     from webfg.io import load_predictions
 
     (tmp_path / "pipe.yaml").write_text(yaml.safe_dump({"models": {"swin": {**SWIN_FIX, "resources": {"gpus": 1}}}}))
-    cli_main(["convert", "--in", str(FIX / "swinv2_arcface.pth"), "--config", str(tmp_path / "pipe.yaml"),
-              "--model", "swin", "--out", str(tmp_path / "swin.pt")])
+    cli_main(
+        [
+            "convert",
+            "--in",
+            str(FIX / "swinv2_arcface.pth"),
+            "--config",
+            str(tmp_path / "pipe.yaml"),
+            "--model",
+            "swin",
+            "--out",
+            str(tmp_path / "swin.pt"),
+        ]
+    )
     assert "5 classes" in capsys.readouterr().out
     root = tmp_path / "data"
     (root / "testb").mkdir(parents=True)
@@ -322,13 +400,34 @@ def test_cli_convert_then_infer(tmp_path, capsys):
         Image.fromarray((rng.random((64, 64, 3)) * 255).astype(np.uint8)).save(root / "testb" / f"{i}.jpg")
     (tmp_path / "val.txt").write_text("testb/0.jpg 1\n")
     (tmp_path / "testb.txt").write_text("".join(f"testb/{i}.jpg\n" for i in range(3)))
-    cli_main(["infer", "--model", str(tmp_path / "swin.pt"), "--root", str(root), "--val-list",
-              str(tmp_path / "val.txt"), "--out-dir", str(tmp_path / "pred"), str(tmp_path / "testb.txt")])
+    cli_main(
+        [
+            "infer",
+            "--model",
+            str(tmp_path / "swin.pt"),
+            "--root",
+            str(root),
+            "--val-list",
+            str(tmp_path / "val.txt"),
+            "--out-dir",
+            str(tmp_path / "pred"),
+            str(tmp_path / "testb.txt"),
+        ]
+    )
     probs, rows, _ = load_predictions(tmp_path / "pred" / "testb")
     assert probs.shape == (3, 5) and np.allclose(probs.astype(np.float32).sum(1), 1, atol=1e-2)
 
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
-        cli_main(["convert", "--in", str(FIX / "swinv2_arcface.pth"), "--config", str(tmp_path / "pipe.yaml"),
-                  "--out", str(tmp_path / "x.pt")])
+        cli_main(
+            [
+                "convert",
+                "--in",
+                str(FIX / "swinv2_arcface.pth"),
+                "--config",
+                str(tmp_path / "pipe.yaml"),
+                "--out",
+                str(tmp_path / "x.pt"),
+            ]
+        )
     assert e.value.code == 2 and "a pipeline config; name the model with --model" in capsys.readouterr().err

@@ -102,8 +102,13 @@ def test_layout_and_counts_follow_the_preset(tree):
     counts = info["counts"]
     assert counts["labelled_per_class"] == [40] * NUM_CLASSES
     assert counts["testa_per_class"] == counts["testb_per_class"] == [30] * NUM_CLASSES
-    assert counts["fault_rows"] == {"truncated": 2, "undecodable": 1, "duplicate": 2,
-                                    "conflict": 2, "label_noise": round(0.05 * 240)}
+    assert counts["fault_rows"] == {
+        "truncated": 2,
+        "undecodable": 1,
+        "duplicate": 2,
+        "conflict": 2,
+        "label_noise": round(0.05 * 240),
+    }
     on_disk = [len(list((tree / "train" / f"{c:04d}").iterdir())) for c in range(NUM_CLASSES)]
     assert counts["train_files_per_class"] == on_disk
     assert counts["train_files"] == sum(on_disk)
@@ -155,8 +160,9 @@ def test_truncated_files_are_half_of_a_real_image(tree):
 
 def test_duplicates_and_conflicts_are_byte_copies(tree):
     rows = _faults(tree)
-    digest = {rel: hashlib.sha256((tree / rel).read_bytes()).hexdigest()
-              for rel in _files(tree) if rel.startswith("train/")}
+    digest = {
+        rel: hashlib.sha256((tree / rel).read_bytes()).hexdigest() for rel in _files(tree) if rel.startswith("train/")
+    }
     holders = Counter(digest.values())
     for r in (r for r in rows if r["kind"] == "duplicate"):
         twins = [p for p, d in digest.items() if d == digest[r["path"]] and p != r["path"]]
@@ -224,8 +230,10 @@ def test_splits_are_disjoint_and_answers_cover_the_test_folders(tree):
 
 
 def test_file_names_are_random_ids_with_some_odd_ones(tree):
-    names = {split: [Path(f).name for f in _files(tree) if f.startswith(f"{split}/")]
-             for split in ("train", "testa", "testb")}
+    names = {
+        split: [Path(f).name for f in _files(tree) if f.startswith(f"{split}/")]
+        for split in ("train", "testa", "testb")
+    }
     for split, split_names in names.items():
         assert all(NAME_RE.match(n) for n in split_names), split
         odd = [n for n in split_names if " " in n]

@@ -20,8 +20,20 @@ HEAVY = {"train_model", "infer_probs", "score_train", "clean_split", "filter_noi
 @pytest.mark.dag
 @pytest.mark.parametrize("config", ["tiny", "demo", "config"])
 def test_snakemake_lint_reports_nothing(tmp_path, config):
-    proc = subprocess.run([str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--lint",
-                           "--configfile", str(REPO / f"config/{config}.yaml")], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            str(BIN / "snakemake"),
+            "-s",
+            str(REPO / "Snakefile"),
+            "-d",
+            str(tmp_path),
+            "--lint",
+            "--configfile",
+            str(REPO / f"config/{config}.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "Lints for" not in out and "in a good condition" in out, out[-4000:]
 
@@ -43,21 +55,43 @@ def rulegraph_of_svg(text: str) -> tuple[set[str], set[tuple[str, str]]]:
 @pytest.mark.dag
 def test_committed_rulegraph_matches_the_workflow(tmp_path):
     """docs/rulegraph.svg (the README's picture, `make dag`) shows today's rules and edges."""
-    proc = subprocess.run([str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--rulegraph",
-                           "--configfile", str(REPO / "config/demo.yaml")], capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [
+            str(BIN / "snakemake"),
+            "-s",
+            str(REPO / "Snakefile"),
+            "-d",
+            str(tmp_path),
+            "--rulegraph",
+            "--configfile",
+            str(REPO / "config/demo.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     rules, edges = rulegraph_of_dot(proc.stdout)
     drawn_rules, drawn_edges = rulegraph_of_svg((REPO / "docs/rulegraph.svg").read_text(encoding="utf-8"))
     assert len(rules) >= 15 and len(edges) >= len(rules) - 1
     assert (drawn_rules, drawn_edges) == (rules, edges), (
         f"docs/rulegraph.svg is stale (`make dag` redraws it): missing rules {sorted(rules - drawn_rules)}, "
         f"extra rules {sorted(drawn_rules - rules)}, missing edges {sorted(edges - drawn_edges)}, "
-        f"extra edges {sorted(drawn_edges - edges)}")
+        f"extra edges {sorted(drawn_edges - edges)}"
+    )
 
 
 def test_snakefmt_check_passes():
     files = [REPO / "Snakefile", REPO / "workflow/Snakefile", *sorted((REPO / "workflow/rules").glob("*.smk"))]
     proc = subprocess.run([str(BIN / "snakefmt"), "--check", *map(str, files)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_python_is_ruff_clean_and_formatted():
+    """Lint and format as configured in pyproject.toml ([tool.ruff]); fix with
+    `ruff check --fix . && ruff format .`."""
+    for args in (["check", "--no-cache", "."], ["format", "--check", "--no-cache", "."]):
+        proc = subprocess.run([str(BIN / "ruff"), *args], cwd=REPO, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def rule_blocks():
@@ -93,6 +127,8 @@ def test_config_readme_documents_every_key():
         if isinstance(node.get("additionalProperties"), dict):
             yield from keys(node["additionalProperties"])
 
-    missing = sorted({k for k in keys(schema) if k not in documented}
-                     | {f.name for f in dataclasses.fields(ModelConfig) if f.name not in documented})
+    missing = sorted(
+        {k for k in keys(schema) if k not in documented}
+        | {f.name for f in dataclasses.fields(ModelConfig) if f.name not in documented}
+    )
     assert not missing, f"config/README.md does not document {missing}"

@@ -78,8 +78,20 @@ def test_init_config_runs_as_a_snakemake_dry_run(tmp_path):
         os.chdir(cwd)
     assert root.is_dir()
     snakemake = Path(sys.executable).with_name("snakemake")
-    proc = subprocess.run([str(snakemake), "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "-n",
-                           "--configfile", str(tmp_path / "mine.yaml")], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            str(snakemake),
+            "-s",
+            str(REPO / "Snakefile"),
+            "-d",
+            str(tmp_path),
+            "-n",
+            "--configfile",
+            str(tmp_path / "mine.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "train_model" in proc.stdout and "zip_submission" in proc.stdout
 
@@ -95,16 +107,27 @@ def test_large_data_gets_gpu_models_and_resources(tmp_path):
     assert config["clean"]["val_fraction"] == 0.02
 
 
-@pytest.mark.parametrize("breakage, message", [
-    (lambda r: (r / "train").rename(r / "images"), r"no train/ folder \(found \['images/', 'testa/', 'testb/'\]\)"),
-    (lambda r: [p.unlink() for p in (r / "train/0001").iterdir()], r"1 empty class folder\(s\): \['0001'\]"),
-    (lambda r: (r / "train/0002").rename(r / "train/0005"), r"ids must be 0..C-1 without gaps; missing \[2, 3, 4\]"),
-    (lambda r: (r / "train/0000/3.png").write_bytes(b"<html>"), r"1 of 36 decoded training image\(s\) unreadable: "
-                                                                 r"train/0000/3.png.*--allow-broken"),
-    (lambda r: (r / "testb/1.png").write_bytes(png(1)[:40]), r"1 unreadable test image\(s\).*testb/1.png"),
-    (lambda r: [(r / s).rename(r.parent / s) for s in ("testa", "testb")],
-     r"no test split folder next to train/ \(found \['train/'\]\)"),
-])
+@pytest.mark.parametrize(
+    "breakage, message",
+    [
+        (lambda r: (r / "train").rename(r / "images"), r"no train/ folder \(found \['images/', 'testa/', 'testb/'\]\)"),
+        (lambda r: [p.unlink() for p in (r / "train/0001").iterdir()], r"1 empty class folder\(s\): \['0001'\]"),
+        (
+            lambda r: (r / "train/0002").rename(r / "train/0005"),
+            r"ids must be 0..C-1 without gaps; missing \[2, 3, 4\]",
+        ),
+        (
+            lambda r: (r / "train/0000/3.png").write_bytes(b"<html>"),
+            r"1 of 36 decoded training image\(s\) unreadable: "
+            r"train/0000/3.png.*--allow-broken",
+        ),
+        (lambda r: (r / "testb/1.png").write_bytes(png(1)[:40]), r"1 unreadable test image\(s\).*testb/1.png"),
+        (
+            lambda r: [(r / s).rename(r.parent / s) for s in ("testa", "testb")],
+            r"no test split folder next to train/ \(found \['train/'\]\)",
+        ),
+    ],
+)
 def test_init_bad_input_says_what_it_found_and_writes_nothing(tmp_path, breakage, message):
     root = make_dataset(tmp_path / "d")
     breakage(root)
@@ -135,9 +158,14 @@ def mark_incomplete(workdir: Path, rel: str):
 
 def test_status_reads_results_and_snakemakes_markers(tmp_path):
     config = yaml.safe_load((REPO / "config/tiny.yaml").read_text())
-    for rel in ["results/clean/train.txt", "results/r0/train/swin_arc.pt", "results/r0/train/vit_linear.pt",
-                *[f"results/r0/infer/swin_arc/{s}.npy" for s in ("val", "testa", "testb")],
-                "results/r0/infer/vit_linear/val.npy", "results/a1/train/vit_linear.pt"]:
+    for rel in [
+        "results/clean/train.txt",
+        "results/r0/train/swin_arc.pt",
+        "results/r0/train/vit_linear.pt",
+        *[f"results/r0/infer/swin_arc/{s}.npy" for s in ("val", "testa", "testb")],
+        "results/r0/infer/vit_linear/val.npy",
+        "results/a1/train/vit_linear.pt",
+    ]:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(b"x")
     state = tmp_path / "results/a1/train/swin_arc.state"
@@ -147,19 +175,27 @@ def test_status_reads_results_and_snakemakes_markers(tmp_path):
     mark_incomplete(tmp_path, "results/a1/train/vit_linear.pt")  # exists but unfinished
     status = collect_status(config, tmp_path)
     r0, a1, b1 = status["rounds"]
-    assert r0["models"] == [{"model": "swin_arc", "train": "done", "infer": "done"},
-                            {"model": "vit_linear", "train": "done", "infer": "partial (1/3)"}]
+    assert r0["models"] == [
+        {"model": "swin_arc", "train": "done", "infer": "done"},
+        {"model": "vit_linear", "train": "done", "infer": "partial (1/3)"},
+    ]
     assert r0["ensemble"] == "pending"
     assert a1["models"][0]["train"] == "interrupted (epoch 1/2)" and a1["models"][1]["train"] == "interrupted"
     assert b1["models"][0]["train"] == "pending"
-    assert status["final"] == {"clean": "done", "final ensemble": "pending", "submission": "pending",
-                               "summary": "pending"}
+    assert status["final"] == {
+        "clean": "done",
+        "final ensemble": "pending",
+        "submission": "pending",
+        "summary": "pending",
+    }
     (tmp_path / ".snakemake/locks").mkdir()
     (tmp_path / ".snakemake/locks/0.output.lock").write_text("results/a1/train/swin_arc.pt\n")
     log = tmp_path / "logs/a1/train/swin_arc.log"
     log.parent.mkdir(parents=True)
-    log.write_text("train: 160 images, 2 epochs\nepoch 1/2: 5/5 100% 40.1 img/s elapsed 0:04\n"
-                   "epoch 1: loss 1.61, val accuracy 0.3000\nepoch 2/2: 3/5 60% 38.2 img/s elapsed 0:02 ETA 0:01\n")
+    log.write_text(
+        "train: 160 images, 2 epochs\nepoch 1/2: 5/5 100% 40.1 img/s elapsed 0:04\n"
+        "epoch 1: loss 1.61, val accuracy 0.3000\nepoch 2/2: 3/5 60% 38.2 img/s elapsed 0:02 ETA 0:01\n"
+    )
     status = collect_status(config, tmp_path)
     assert status["rounds"][1]["models"][0]["train"] == "running (epoch 1/2)" and status["snakemake_running"]
     table = format_status(status)
@@ -185,7 +221,8 @@ def test_status_watch_prints_the_running_jobs_progress(tmp_path, capsys, monkeyp
     main(["status", "--configfile", str(tmp_path / "tiny.yaml"), "-d", str(tmp_path), "--watch", "30", "--running"])
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 and all(
-        line.endswith("] r0/vit_linear infer: infer testa: 64/96 67% 120 img/s elapsed 0:01 ETA 0:00") for line in lines)
+        line.endswith("] r0/vit_linear infer: infer testa: 64/96 67% 120 img/s elapsed 0:01 ETA 0:00") for line in lines
+    )
 
 
 @pytest.mark.dag
@@ -198,10 +235,16 @@ def test_status_decodes_the_markers_of_the_installed_snakemake(tmp_path):
     (tmp_path / "Snakefile").write_text(
         "rule hold:\n"
         f"    output: {outputs!r}\n"
-        '    shell: "touch started; while [ ! -e release ]; do sleep 0.2; done; touch {output}"\n')
+        '    shell: "touch started; while [ ! -e release ]; do sleep 0.2; done; touch {output}"\n'
+    )
     snakemake = Path(sys.executable).with_name("snakemake")
-    proc = subprocess.Popen([str(snakemake), "-s", "Snakefile", "--cores", "1"], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [str(snakemake), "-s", "Snakefile", "--cores", "1"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while not (tmp_path / "started").exists():

@@ -24,9 +24,11 @@ def write_pickle(path, obj, protocol=4):
 @pytest.mark.parametrize("protocol", [2, 4, 5])
 def test_import_list_of_dicts_as_prediction(tmp_path, protocol):
     scores = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]], dtype=np.float32)
-    pkl = write_pickle(tmp_path / "vit-l-arc.3st-7620.pkl",
-                       [{"filename": "a b.jpg", "scores": scores[0]}, {"filename": "c.jpg", "scores": scores[1]}],
-                       protocol)
+    pkl = write_pickle(
+        tmp_path / "vit-l-arc.3st-7620.pkl",
+        [{"filename": "a b.jpg", "scores": scores[0]}, {"filename": "c.jpg", "scores": scores[1]}],
+        protocol,
+    )
     meta = import_legacy(pkl, tmp_path / "out" / "m", "testb")
     probs, rows, saved = load_predictions(tmp_path / "out" / "m")
     np.testing.assert_allclose(probs.astype(np.float32), scores, atol=1e-3)
@@ -57,8 +59,10 @@ def test_pickle_with_code_is_refused_and_not_run(tmp_path, monkeypatch):
     "obj, message",
     [
         ([{"filename": "a.jpg", "scores": np.array([np.nan, 1.0])}], "NaN, inf or negative"),
-        ([{"filename": "a.jpg", "scores": np.array([0.5, 0.5])}, {"filename": "b.jpg", "scores": np.ones(3)}],
-         "different lengths"),
+        (
+            [{"filename": "a.jpg", "scores": np.array([0.5, 0.5])}, {"filename": "b.jpg", "scores": np.ones(3)}],
+            "different lengths",
+        ),
         ([{"name": "a.jpg", "scores": np.ones(2)}], "no 'filename' key"),
         ({"something": 1}, "expected a list of"),
         ([{"filename": "a.jpg", "scores": np.array([object()], dtype=object)}], "object array|refusing"),
@@ -101,8 +105,10 @@ def test_import_dump_all_dict_and_name_without_accuracy(tmp_path):
 
 
 def test_scores_that_are_not_probabilities_are_refused(tmp_path):
-    pkl = write_pickle(tmp_path / "m-7000.pkl", [{"filename": "a.jpg", "scores": np.array([0.5, 0.5])},
-                                                 {"filename": "b.jpg", "scores": np.array([2.0, 3.0])}])
+    pkl = write_pickle(
+        tmp_path / "m-7000.pkl",
+        [{"filename": "a.jpg", "scores": np.array([0.5, 0.5])}, {"filename": "b.jpg", "scores": np.array([2.0, 3.0])}],
+    )
     with pytest.raises(InputError, match=r"m-7000\.pkl: row 1 \(b\.jpg\).*does not sum"):
         read_legacy_result(pkl)
 
@@ -114,8 +120,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _snakemake(workdir, *args):
     exe = Path(sys.executable).with_name("snakemake")
-    return subprocess.run([str(exe), "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2", *args],
-                          cwd=workdir, capture_output=True, text=True)
+    return subprocess.run(
+        [str(exe), "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2", *args],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+    )
 
 
 def _legacy_folder(tmp_path, rng, n=12, c=4):
@@ -146,7 +156,8 @@ def test_legacy_workflow_from_pickles_to_submission_and_pseudo(tmp_path):
     folder, names, accs, scores = _legacy_folder(tmp_path, np.random.default_rng(0))
     (tmp_path / "legacy.yaml").write_text(
         f"legacy:\n  results_dir: {folder}\n  power: 25\n  pseudo_threshold: 0.5\n"
-        "  redistribute: {method: greedy, k: 3}\n")
+        "  redistribute: {method: greedy, k: 3}\n"
+    )
     proc = _snakemake(tmp_path, "--configfile", str(tmp_path / "legacy.yaml"))
     assert proc.returncode == 0, proc.stderr[-4000:]
 
@@ -160,12 +171,14 @@ def test_legacy_workflow_from_pickles_to_submission_and_pseudo(tmp_path):
     rows_l, labels = read_labels(tmp_path / "results/legacy/labels.tsv")
     np.testing.assert_array_equal(labels, redistribute_greedy(ens, 3))
     assert (tmp_path / "results/legacy/submit.csv").read_text() == "".join(
-        f"{n},{int(y):04d}\n" for n, y in zip(names, labels))
+        f"{n},{int(y):04d}\n" for n, y in zip(names, labels)
+    )
     # pseudo.txt: the plain mean above the threshold, in the original's `testb/<file> <label>`
     mean = sum(scores.values()) / 3
     keep = [i for i in range(len(names)) if mean[i].max() > 0.5]
     assert keep and (tmp_path / "results/legacy/pseudo.txt").read_text() == "".join(
-        f"testb/{names[i]} {int(mean[i].argmax())}\n" for i in keep)
+        f"testb/{names[i]} {int(mean[i].argmax())}\n" for i in keep
+    )
 
 
 @pytest.mark.dag

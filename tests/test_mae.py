@@ -16,9 +16,20 @@ from webfg.train import load_checkpoint
 ARCH = "vit_tiny_r_s16_p8_224"  # the demo's hybrid ViT, shrunk: a 4 x 4 grid of 4-px patches
 ARCH_KWARGS = {"img_size": 16, "patch_size": 1, "depth": 1, "embed_dim": 32, "num_heads": 2}
 CFG = dict(
-    arch=ARCH, arch_kwargs=ARCH_KWARGS, img_size=16, epochs=3, batch_size=4, base_lr=1.0,
-    warmup_epochs=0, decoder_dim=16, decoder_depth=1, decoder_heads=2, hflip=0.0,
-    crop_scale=[0.8, 1.0], mean=[0.5] * 3, std=[0.5] * 3,
+    arch=ARCH,
+    arch_kwargs=ARCH_KWARGS,
+    img_size=16,
+    epochs=3,
+    batch_size=4,
+    base_lr=1.0,
+    warmup_epochs=0,
+    decoder_dim=16,
+    decoder_depth=1,
+    decoder_heads=2,
+    hflip=0.0,
+    crop_scale=[0.8, 1.0],
+    mean=[0.5] * 3,
+    std=[0.5] * 3,
 )
 
 
@@ -89,8 +100,19 @@ def test_bad_config_file_is_a_one_line_error(tmp_path, capsys):
     with pytest.raises(InputError, match=r"m.yaml.decoder_depth: expected int, got 'two'"):
         load_mae_config(tmp_path / "m.yaml")
     with pytest.raises(SystemExit) as e:
-        main(["pretrain-mae", "--config", str(tmp_path / "m.yaml"), "--root", str(tmp_path),
-              "--train-list", str(tmp_path / "t.txt"), "--out", str(tmp_path / "e.pth")])
+        main(
+            [
+                "pretrain-mae",
+                "--config",
+                str(tmp_path / "m.yaml"),
+                "--root",
+                str(tmp_path),
+                "--train-list",
+                str(tmp_path / "t.txt"),
+                "--out",
+                str(tmp_path / "e.pth"),
+            ]
+        )
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.startswith("webfg pretrain-mae: error: ") and "decoder_depth" in err
 
@@ -108,8 +130,9 @@ def test_pretraining_lowers_the_loss_and_the_encoder_starts_fine_tuning(data, tm
 
     encoder = load_checkpoint(tmp_path / "enc.pth")
     assert all(isinstance(v, torch.Tensor) for v in encoder.values())
-    model_cfg = ModelConfig.from_dict({"arch": ARCH, "arch_kwargs": ARCH_KWARGS, "img_size": 16,
-                                       "pretrained_file": str(tmp_path / "enc.pth")})
+    model_cfg = ModelConfig.from_dict(
+        {"arch": ARCH, "arch_kwargs": ARCH_KWARGS, "img_size": 16, "pretrained_file": str(tmp_path / "enc.pth")}
+    )
     # in timm's key layout: only the classifier head is missing, nothing is left over
     scratch = Classifier(ModelConfig.from_dict({**model_cfg.to_dict(), "pretrained_file": None}), 4, [1] * 4)
     result = scratch.backbone.load_state_dict(encoder, strict=False)
@@ -154,11 +177,23 @@ def test_workflow_switch_orders_pretraining_before_the_vit(tmp_path):
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
-    snakemake = [str(Path(sys.executable).with_name("snakemake")), "-s", str(repo / "Snakefile"),
-                 "-d", str(tmp_path), "--cores", "2", "--dag", "dot", "results/a1/train/vit_linear.pt",
-                 "--configfile", str(repo / "config/demo.yaml")]
-    dot = subprocess.run(snakemake + [str(repo / "config/demo-mae.yaml")], capture_output=True, text=True,
-                         check=True).stdout
+    snakemake = [
+        str(Path(sys.executable).with_name("snakemake")),
+        "-s",
+        str(repo / "Snakefile"),
+        "-d",
+        str(tmp_path),
+        "--cores",
+        "2",
+        "--dag",
+        "dot",
+        "results/a1/train/vit_linear.pt",
+        "--configfile",
+        str(repo / "config/demo.yaml"),
+    ]
+    dot = subprocess.run(
+        snakemake + [str(repo / "config/demo-mae.yaml")], capture_output=True, text=True, check=True
+    ).stdout
     nodes = {m[1]: m[2].replace("\\n", " ") for m in re.finditer(r'^\s*(\d+)\[label = "([^"]*)"', dot, re.M)}
     edges = set(re.findall(r"^\s*(\d+) -> (\d+)", dot, re.M))
     pre = [n for n, label in nodes.items() if label.startswith("pretrain_mae")]
@@ -173,14 +208,17 @@ def test_workflow_switch_orders_pretraining_before_the_vit(tmp_path):
     assert "pretrain_mae" not in dot and "train_model" in dot  # off by default
     # a model naming a pre-training that no entry makes fails at parse time, naming the key
     (tmp_path / "bad.yaml").write_text("models: {vit_linear: {pretrained_file: results/pretrain/vit_ma.pth}}\n")
-    proc = subprocess.run(snakemake + [str(repo / "config/demo-mae.yaml"), str(tmp_path / "bad.yaml")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        snakemake + [str(repo / "config/demo-mae.yaml"), str(tmp_path / "bad.yaml")], capture_output=True, text=True
+    )
     assert proc.returncode != 0
     assert "models.vit_linear.pretrained_file: 'results/pretrain/vit_ma.pth' is made by no pretrain entry" in (
-        proc.stdout + proc.stderr)
+        proc.stdout + proc.stderr
+    )
 
 
 # ---- the engine's scale-out and pre-emption, as for fine-tuning (tests/test_train.py)
+
 
 def mae_cmd(data, tmp_path, out, over: dict, launcher=()):
     import sys
@@ -189,9 +227,24 @@ def mae_cmd(data, tmp_path, out, over: dict, launcher=()):
 
     config = tmp_path / f"{out}.yaml"
     config.write_text(yaml.safe_dump({**CFG, **over}), encoding="utf-8")
-    return [*(launcher or [sys.executable]), "-m", "webfg.cli", "pretrain-mae", "--config", str(config),
-            "--root", str(data), "--train-list", str(data / "train.txt"), "--unlabelled", str(data / "testa.txt"),
-            "--out", str(tmp_path / f"{out}.pth"), "--threads", "2"]
+    return [
+        *(launcher or [sys.executable]),
+        "-m",
+        "webfg.cli",
+        "pretrain-mae",
+        "--config",
+        str(config),
+        "--root",
+        str(data),
+        "--train-list",
+        str(data / "train.txt"),
+        "--unlabelled",
+        str(data / "testa.txt"),
+        "--out",
+        str(tmp_path / f"{out}.pth"),
+        "--threads",
+        "2",
+    ]
 
 
 def test_two_ranks_and_accumulation_match_one_process_with_the_global_batch(data, tmp_path):
@@ -205,8 +258,12 @@ def test_two_ranks_and_accumulation_match_one_process_with_the_global_batch(data
     run(data, tmp_path / "big.pth", **base)
     run(data, tmp_path / "accum.pth", **{**base, "batch_size": 4, "grad_accum": 2})
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    out = subprocess.run(mae_cmd(data, tmp_path, "ddp", {**base, "batch_size": 4, "global_batch_size": 8}, torchrun),
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        mae_cmd(data, tmp_path, "ddp", {**base, "batch_size": 4, "global_batch_size": 8}, torchrun),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "2 process(es) on cpu (torchrun), batch 4 x 2 x accum 1 = 8" in out.stdout + out.stderr
     run(data, tmp_path / "small.pth", **{**base, "batch_size": 4})  # control: other images per update
@@ -215,8 +272,11 @@ def test_two_ranks_and_accumulation_match_one_process_with_the_global_batch(data
     def max_diff(other):
         return max((other[k] - v).abs().max().item() for k, v in big.items() if v.is_floating_point())
 
-    assert max_diff(accum) < 1e-4 and max_diff(ddp) < 1e-4 and max_diff(small) > 1e-2, \
-        (max_diff(accum), max_diff(ddp), max_diff(small))
+    assert max_diff(accum) < 1e-4 and max_diff(ddp) < 1e-4 and max_diff(small) > 1e-2, (
+        max_diff(accum),
+        max_diff(ddp),
+        max_diff(small),
+    )
 
 
 def test_killed_pretraining_resumes_to_identical_weights(data, tmp_path):
@@ -228,8 +288,12 @@ def test_killed_pretraining_resumes_to_identical_weights(data, tmp_path):
 
     over = {"epochs": 4, "checkpoint_every": 1}
     signals = [(signal.SIGUSR1, 75), (signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGKILL, -9)]
-    points = kill_and_resume(mae_cmd(data, tmp_path, "full", over), mae_cmd(data, tmp_path, "killed", over), signals,
-                             tmp_path / "killed.state" / "last.pt")
+    points = kill_and_resume(
+        mae_cmd(data, tmp_path, "full", over),
+        mae_cmd(data, tmp_path, "killed", over),
+        signals,
+        tmp_path / "killed.state" / "last.pt",
+    )
     a, b = load_checkpoint(tmp_path / "full.pth"), load_checkpoint(tmp_path / "killed.pth")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), points
 

@@ -7,8 +7,15 @@ import pytest
 from PIL import Image
 
 from webfg.io import InputError
-from webfg.plots import (plot_class_counts, plot_history, plot_pseudo_yield, plot_removals,
-                         plot_round_accuracy, plot_val_accuracy, removal_reason)
+from webfg.plots import (
+    plot_class_counts,
+    plot_history,
+    plot_pseudo_yield,
+    plot_removals,
+    plot_round_accuracy,
+    plot_val_accuracy,
+    removal_reason,
+)
 
 
 def is_picture(path):
@@ -87,11 +94,17 @@ def test_removals_counted_by_reason(tmp_path):
         "train/0/c.jpg\tduplicate of train/0/d.jpg\n"
         "train/0/e.jpg\tconflicting labels among identical files: train/0/e.jpg (0), train/1/e.jpg (1)\n"
         "train/1/e.jpg\tconflicting labels among identical files: train/0/e.jpg (0), train/1/e.jpg (1)\n"
-        "train/0/f.jpg\tunreadable: Permission denied\n")
+        "train/0/f.jpg\tunreadable: Permission denied\n"
+    )
     (tmp_path / "noise.tsv").write_text("path\treason\ntrain/2/g.jpg\timplausible label 2: p=0.01, ensemble says 0\n")
     drawn = plot_removals([tmp_path / "removed.tsv", tmp_path / "noise.tsv"], tmp_path / "r.png")
-    assert drawn == {"undecodable": 2, "exact duplicate": 1, "duplicate, conflicting labels": 2,
-                     "unreadable": 1, "noisy label (model filter)": 1}
+    assert drawn == {
+        "undecodable": 2,
+        "exact duplicate": 1,
+        "duplicate, conflicting labels": 2,
+        "unreadable": 1,
+        "noisy label (model filter)": 1,
+    }
     assert removal_reason("unreadable: No such file") == "unreadable"
     assert is_picture(tmp_path / "r.png")
 
@@ -99,7 +112,8 @@ def test_removals_counted_by_reason(tmp_path):
 def test_round_accuracy_skips_rows_without_accuracy(tmp_path):
     (tmp_path / "s.tsv").write_text(
         "stage\ttrain_images\taccuracy_testa\taccuracy_testb\n"
-        "r0\t100\t0.5\t0.4\na1\t150\t0.6\t0.55\nsubmission\t\t\t0.6\nclean_split\t\t\t\n")
+        "r0\t100\t0.5\t0.4\na1\t150\t0.6\t0.55\nsubmission\t\t\t0.6\nclean_split\t\t\t\n"
+    )
     drawn = plot_round_accuracy(tmp_path / "s.tsv", tmp_path / "s.png")
     assert drawn == {"testa": {"r0": 0.5, "a1": 0.6}, "testb": {"r0": 0.4, "a1": 0.55, "submission": 0.6}}
     assert is_picture(tmp_path / "s.png")

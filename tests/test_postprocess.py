@@ -79,9 +79,7 @@ def test_ensemble_equals_hand_sum_across_chunk_boundary(tmp_path):
     ensemble_predictions([a, b], [1.0, 3.0], tmp_path / "ens", chunk_rows=2)
     probs, rows, meta = load_predictions(tmp_path / "ens")
     assert probs.dtype == np.float16
-    np.testing.assert_array_equal(
-        probs, [[0.3125, 0.4375, 0.25], [0.375, 0.625, 0.0], [0.59375, 0.1875, 0.21875]]
-    )
+    np.testing.assert_array_equal(probs, [[0.3125, 0.4375, 0.25], [0.375, 0.625, 0.0], [0.59375, 0.1875, 0.21875]])
     assert rows == ["testa/0.jpg", "testa/1.jpg", "testa/2.jpg"]
     assert meta["weights"] == [1.0, 3.0] and meta["num_rows"] == 3 and meta["num_classes"] == 3
 
@@ -129,7 +127,9 @@ def test_ensemble_with_power_25_weights_stays_a_distribution(tmp_path):
     ensemble_predictions([a, b], weights, tmp_path / "ens")
     probs, _, _ = load_predictions(tmp_path / "ens")
     w = weights / weights.sum()
-    np.testing.assert_allclose(probs[0].astype(float), [0.75 * w[0] + 0.25 * w[1], 0.25 * w[0] + 0.75 * w[1]], atol=1e-3)
+    np.testing.assert_allclose(
+        probs[0].astype(float), [0.75 * w[0] + 0.25 * w[1], 0.25 * w[0] + 0.75 * w[1]], atol=1e-3
+    )
     assert np.isfinite(probs).all() and probs[0].sum() == pytest.approx(1.0, abs=1e-3)
 
 
@@ -343,8 +343,9 @@ def test_greedy_equals_the_original_script_on_random_inputs():
         probs = rng.dirichlet(np.full(c, 0.3), n) * rng.uniform(0.5, 1, (n, 1))
         k = int(rng.integers(1, max(2, 2 * n // c + 2)))
         k = min(k, n)
-        np.testing.assert_array_equal(redistribute_greedy(probs, k), _original_greedy(probs.copy(), k),
-                                      err_msg=f"case {case}: n={n} c={c} k={k}")
+        np.testing.assert_array_equal(
+            redistribute_greedy(probs, k), _original_greedy(probs.copy(), k), err_msg=f"case {case}: n={n} c={c} k={k}"
+        )
 
 
 # ----------------------------------------------------------- global balancing
@@ -412,8 +413,13 @@ def _probs(n=5, c=4):
 
 @pytest.mark.parametrize(
     "value, message",
-    [(np.nan, "row 3 has NaN"), (np.inf, "row 3 has inf"), (-0.25, r"row 3 has the value -0\.25 outside \[0, 1\]"),
-     (1.5, r"row 3 has the value 1\.5 outside"), (0.75, r"row 3 sums to 1\.5")],
+    [
+        (np.nan, "row 3 has NaN"),
+        (np.inf, "row 3 has inf"),
+        (-0.25, r"row 3 has the value -0\.25 outside \[0, 1\]"),
+        (1.5, r"row 3 has the value 1\.5 outside"),
+        (0.75, r"row 3 sums to 1\.5"),
+    ],
 )
 def test_ensemble_names_the_file_and_row_of_bad_values(tmp_path, value, message):
     good = _save(tmp_path, "good", _probs())
@@ -455,10 +461,24 @@ def test_redistribute_command_with_prior_method(tmp_path):
     from webfg.cli import main
 
     stem = _save(tmp_path, "e", np.array([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.55, 0.45]]))
-    main(["redistribute", str(stem), "--method", "prior", "--out", str(tmp_path / "l.tsv"),
-          "--counts", str(tmp_path / "c.tsv")])
+    main(
+        [
+            "redistribute",
+            str(stem),
+            "--method",
+            "prior",
+            "--out",
+            str(tmp_path / "l.tsv"),
+            "--counts",
+            str(tmp_path / "c.tsv"),
+        ]
+    )
     assert (tmp_path / "l.tsv").read_text().splitlines()[1:] == [
-        "testa/0.jpg\t0\t0", "testa/1.jpg\t0\t0", "testa/2.jpg\t0\t1", "testa/3.jpg\t0\t1"]
+        "testa/0.jpg\t0\t0",
+        "testa/1.jpg\t0\t0",
+        "testa/2.jpg\t0\t1",
+        "testa/3.jpg\t0\t1",
+    ]
     assert (tmp_path / "c.tsv").read_text().splitlines()[1:] == ["0\t4\t2", "1\t0\t2"]
     with pytest.raises(SystemExit, match="needs --k"):
         main(["redistribute", str(stem), "--out", str(tmp_path / "x.tsv"), "--counts", str(tmp_path / "y.tsv")])

@@ -16,8 +16,16 @@ from webfg.cli import main
 from webfg.io import InputError, load_predictions, save_predictions, write_split_list
 
 ROWS = [f"testb/{i}.jpg" for i in range(6)]
-PROBS = np.array([[0.625, 0.25, 0.125], [0.125, 0.75, 0.125], [0.25, 0.25, 0.5],
-                  [0.5, 0.375, 0.125], [0.0625, 0.0625, 0.875], [0.125, 0.5, 0.375]])
+PROBS = np.array(
+    [
+        [0.625, 0.25, 0.125],
+        [0.125, 0.75, 0.125],
+        [0.25, 0.25, 0.5],
+        [0.5, 0.375, 0.125],
+        [0.0625, 0.0625, 0.875],
+        [0.125, 0.5, 0.375],
+    ]
+)
 
 
 def _good(folder: Path, name: str = "good") -> Path:
@@ -32,6 +40,7 @@ def _with_value(value, row=3):
         p = PROBS.copy()
         p[row, 1] = value
         np.save(f"{stem}.npy", p.astype(np.float16))
+
     return damage
 
 
@@ -67,6 +76,7 @@ def _meta(**changes):
         meta = json.loads(path.read_text())
         meta.update(changes)
         path.write_text(json.dumps(meta))
+
     return damage
 
 
@@ -80,7 +90,11 @@ DAMAGED = [
     ("logits", _array((np.log(PROBS) * 3).astype(np.float16)), r"bad\.npy: row 0 has the value .* outside \[0, 1\]"),
     ("logits float32", _array((np.log(PROBS) - 1).astype(np.float32)), r"bad\.npy: row 0 has the value .* outside"),
     ("integers", _array((PROBS * 8).astype(np.int64)), r"bad\.npy: expected float16 probabilities .* got int64"),
-    ("1-D", _array(PROBS[:, 0].astype(np.float16)), r"bad\.npy: expected a 2-D \(rows, classes\) matrix, got shape \(6,\)"),
+    (
+        "1-D",
+        _array(PROBS[:, 0].astype(np.float16)),
+        r"bad\.npy: expected a 2-D \(rows, classes\) matrix, got shape \(6,\)",
+    ),
     ("3-D", _array(PROBS[None].astype(np.float16)), r"bad\.npy: expected a 2-D .* got shape \(1, 6, 3\)"),
     ("no rows", _array(np.zeros((0, 3), np.float16)), r"bad\.npy: empty matrix, shape \(0, 3\)"),
     ("no classes", _array(np.zeros((6, 0), np.float16)), r"bad\.npy: empty matrix, shape \(6, 0\)"),
@@ -94,7 +108,11 @@ DAMAGED = [
     ("no rows.txt", lambda stem: Path(f"{stem}.rows.txt").unlink(), r"bad\.rows\.txt: no such file"),
     ("fewer row names", _rows(ROWS[:4]), r"bad\.npy: 6 rows but .*bad\.rows\.txt lists 4"),
     ("more row names", _rows(ROWS + ["testb/x.jpg"]), r"bad\.npy: 6 rows but .*bad\.rows\.txt lists 7"),
-    ("duplicate row", _rows(ROWS[:5] + [ROWS[1]]), r"bad\.rows\.txt:6: duplicate row name 'testb/1\.jpg' \(also on line 2\)"),
+    (
+        "duplicate row",
+        _rows(ROWS[:5] + [ROWS[1]]),
+        r"bad\.rows\.txt:6: duplicate row name 'testb/1\.jpg' \(also on line 2\)",
+    ),
     ("row escapes root", _rows(ROWS[:5] + ["../x.jpg"]), r"bad\.rows\.txt:6: path '\.\./x\.jpg' must be relative"),
     ("json classes", _meta(num_classes=5), r"bad\.json: num_classes is 5 but .*bad\.npy has 3"),
     ("json rows", _meta(num_rows=7), r"bad\.json: num_rows is 7 but .*bad\.npy has 6"),
@@ -107,10 +125,30 @@ DAMAGED = [
 def _commands(stem: Path, out: Path, other: Path):
     return {
         "pseudo": ["pseudo", str(stem), "--threshold", "0.5", "--out", str(out / "p.txt")],
-        "redistribute": ["redistribute", str(stem), "--method", "greedy", "--k", "2",
-                         "--out", str(out / "l.tsv"), "--counts", str(out / "c.tsv")],
-        "redistribute map": ["redistribute", str(stem), "--method", "map", "--train-list",
-                             str(other.parent / "train.txt"), "--out", str(out / "l.tsv"), "--counts", str(out / "c.tsv")],
+        "redistribute": [
+            "redistribute",
+            str(stem),
+            "--method",
+            "greedy",
+            "--k",
+            "2",
+            "--out",
+            str(out / "l.tsv"),
+            "--counts",
+            str(out / "c.tsv"),
+        ],
+        "redistribute map": [
+            "redistribute",
+            str(stem),
+            "--method",
+            "map",
+            "--train-list",
+            str(other.parent / "train.txt"),
+            "--out",
+            str(out / "l.tsv"),
+            "--counts",
+            str(out / "c.tsv"),
+        ],
         "ensemble": ["ensemble", str(other), str(stem), "--out", str(out / "e")],
         "ensemble first": ["ensemble", str(stem), str(other), "--power", "0", "--out", str(out / "e")],
         # a prediction handed to submit instead of the labels TSV
@@ -144,19 +182,27 @@ def test_damaged_prediction_through_every_command(tmp_path, capsys, case, damage
         assert not list(out.iterdir()), (name, list(out.iterdir()))
 
 
-@pytest.mark.parametrize("text, message", [
-    ("relpath\targmax\tlabel\ntestb/a.jpg\t1\tx\n", r"l\.tsv:2: label 'x' is not a non-negative integer"),
-    ("relpath\targmax\tlabel\ntestb/a.jpg\t1\t-1\n", r"l\.tsv:2: label '-1' is not"),
-    ("relpath\targmax\tlabel\ntestb/a.jpg\t1\n", r"l\.tsv:2: expected 3 tab-separated fields, got 2"),
-    ("relpath\targmax\tlabel\ntestb/a.jpg\t1\t1\ntestb/a.jpg\t1\t2\n", r"l\.tsv:3: row 'testb/a\.jpg' appears twice"),
-    ("relpath\targmax\tlabel\n", r"l\.tsv: no rows after the header"),
-    ("", r"l\.tsv:1: expected the header"),
-    ("testb/a.jpg 1\n", r"l\.tsv:1: expected the header"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("relpath\targmax\tlabel\ntestb/a.jpg\t1\tx\n", r"l\.tsv:2: label 'x' is not a non-negative integer"),
+        ("relpath\targmax\tlabel\ntestb/a.jpg\t1\t-1\n", r"l\.tsv:2: label '-1' is not"),
+        ("relpath\targmax\tlabel\ntestb/a.jpg\t1\n", r"l\.tsv:2: expected 3 tab-separated fields, got 2"),
+        (
+            "relpath\targmax\tlabel\ntestb/a.jpg\t1\t1\ntestb/a.jpg\t1\t2\n",
+            r"l\.tsv:3: row 'testb/a\.jpg' appears twice",
+        ),
+        ("relpath\targmax\tlabel\n", r"l\.tsv: no rows after the header"),
+        ("", r"l\.tsv:1: expected the header"),
+        ("testb/a.jpg 1\n", r"l\.tsv:1: expected the header"),
+    ],
+)
 def test_damaged_labels_through_submit(tmp_path, capsys, text, message):
     (tmp_path / "l.tsv").write_text(text)
-    err = _run_fails(["submit", str(tmp_path / "l.tsv"), "--csv", str(tmp_path / "o/s.csv"),
-                      "--zip", str(tmp_path / "o/s.zip")], capsys)
+    err = _run_fails(
+        ["submit", str(tmp_path / "l.tsv"), "--csv", str(tmp_path / "o/s.csv"), "--zip", str(tmp_path / "o/s.zip")],
+        capsys,
+    )
     assert __import__("re").search(message, err), err
     assert not (tmp_path / "o").exists()
 
@@ -166,9 +212,11 @@ def test_ensemble_of_members_with_different_rows_says_which(tmp_path, capsys):
     save_predictions(tmp_path / "b", PROBS[:5], ROWS[:5], {"val_accuracy": 0.7})
     save_predictions(tmp_path / "c", PROBS[::-1], ROWS[::-1], {"val_accuracy": 0.7})
     save_predictions(tmp_path / "d", PROBS, ROWS[:5] + ["testb/z.jpg"], {"val_accuracy": 0.7})
-    for other, message in [("b", r"b\.npy has 5 rows but .*a\.npy has 6"),
-                           ("c", r"row order of .*c\.rows\.txt differs from .*a\.rows\.txt"),
-                           ("d", r"d\.rows\.txt:6: row 'testb/z\.jpg' is not in .*a\.rows\.txt")]:
+    for other, message in [
+        ("b", r"b\.npy has 5 rows but .*a\.npy has 6"),
+        ("c", r"row order of .*c\.rows\.txt differs from .*a\.rows\.txt"),
+        ("d", r"d\.rows\.txt:6: row 'testb/z\.jpg' is not in .*a\.rows\.txt"),
+    ]:
         err = _run_fails(["ensemble", str(a), str(tmp_path / other), "--out", str(tmp_path / "o" / "e")], capsys)
         assert __import__("re").search(message, err), err
     assert not (tmp_path / "o").exists()
@@ -224,8 +272,14 @@ def test_ensemble_reads_float32_and_fortran_members_like_float16(tmp_path):
         np.save(tmp_path / f"m{i}.npy", conv(m))
     from webfg.postprocess import ensemble_predictions
 
-    ensemble_predictions(stems := [tmp_path / f"m{i}" for i in range(3)], [1.0, 2.0, 5.0], tmp_path / "e",
-                         chunk_rows=16, dtype=np.float32, threads=2)
+    ensemble_predictions(
+        stems := [tmp_path / f"m{i}" for i in range(3)],
+        [1.0, 2.0, 5.0],
+        tmp_path / "e",
+        chunk_rows=16,
+        dtype=np.float32,
+        threads=2,
+    )
     expected = sum(w * m.astype(np.float64) for w, m in zip([1, 2, 5], mats)) / 8
     got, _, meta = load_predictions(tmp_path / "e")
     assert got.dtype == np.float32 and meta["members"] == [str(s) for s in stems]
@@ -260,7 +314,8 @@ def test_post_processing_commands_do_not_import_torch(tmp_path):
         f" '--counts', {str(tmp_path / 'c.tsv')!r}])\n"
         f"main(['submit', {str(tmp_path / 'l.tsv')!r}, '--csv', {str(tmp_path / 's.csv')!r},"
         f" '--zip', {str(tmp_path / 's.zip')!r}])\n"
-        "print(sorted(m for m in ('torch', 'timm', 'torchvision') if m in sys.modules))\n")
+        "print(sorted(m for m in ('torch', 'timm', 'torchvision') if m in sys.modules))\n"
+    )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "[]"
@@ -312,22 +367,47 @@ def test_map_leaves_an_unbiased_model_alone():
     np.testing.assert_array_equal(flat, p.argmax(axis=1))
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--method", "greedy", "--k", "0"], r"--k: 0 is out of range for method greedy; expected an integer >= 1"),
-    (["--method", "greedy", "--k", "99"], r"--k: 99 is more than the 6 rows"),
-    (["--method", "prior", "--strength", "1.5"], r"--strength: 1\.5 is out of range for method prior; expected a number in \[0, 1\]"),
-    (["--method", "transport", "--temperature", "0"], r"--temperature: 0\.0 is out of range for method transport"),
-    (["--method", "map", "--concentration", "-1"], r"--concentration: -1\.0 is out of range for method map"),
-    (["--method", "map", "--candidates", "0"], r"--candidates: 0 is out of range for method map"),
-    (["--method", "map"], r"--method map needs --train-list"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--method", "greedy", "--k", "0"], r"--k: 0 is out of range for method greedy; expected an integer >= 1"),
+        (["--method", "greedy", "--k", "99"], r"--k: 99 is more than the 6 rows"),
+        (
+            ["--method", "prior", "--strength", "1.5"],
+            r"--strength: 1\.5 is out of range for method prior; expected a number in \[0, 1\]",
+        ),
+        (["--method", "transport", "--temperature", "0"], r"--temperature: 0\.0 is out of range for method transport"),
+        (["--method", "map", "--concentration", "-1"], r"--concentration: -1\.0 is out of range for method map"),
+        (["--method", "map", "--candidates", "0"], r"--candidates: 0 is out of range for method map"),
+        (["--method", "map"], r"--method map needs --train-list"),
+    ],
+)
 def test_redistribute_parameters_out_of_range_name_the_key(tmp_path, capsys, argv, message):
     stem = _good(tmp_path / "in")
-    err = _run_fails(["redistribute", str(stem), *argv, "--train-list", str(tmp_path / "in" / "train.txt"),
-                      "--out", str(tmp_path / "o" / "l.tsv"), "--counts", str(tmp_path / "o" / "c.tsv")]
-                     if "map" not in argv or "--concentration" in argv or "--candidates" in argv else
-                     ["redistribute", str(stem), *argv, "--out", str(tmp_path / "o" / "l.tsv"),
-                      "--counts", str(tmp_path / "o" / "c.tsv")], capsys)
+    err = _run_fails(
+        [
+            "redistribute",
+            str(stem),
+            *argv,
+            "--train-list",
+            str(tmp_path / "in" / "train.txt"),
+            "--out",
+            str(tmp_path / "o" / "l.tsv"),
+            "--counts",
+            str(tmp_path / "o" / "c.tsv"),
+        ]
+        if "map" not in argv or "--concentration" in argv or "--candidates" in argv
+        else [
+            "redistribute",
+            str(stem),
+            *argv,
+            "--out",
+            str(tmp_path / "o" / "l.tsv"),
+            "--counts",
+            str(tmp_path / "o" / "c.tsv"),
+        ],
+        capsys,
+    )
     assert __import__("re").search(message, err), err
     assert not (tmp_path / "o").exists()
 
@@ -336,10 +416,23 @@ def test_redistribute_map_command_writes_labels(tmp_path):
     p, y, counts, _ = _biased_world("balanced", n=500, c=25)
     rows = [f"testb/{i}.jpg" for i in range(len(y))]
     save_predictions(tmp_path / "e", p, rows, {})
-    write_split_list(tmp_path / "train.txt", [(f"train/{i}.jpg", int(c)) for i, c in
-                                              enumerate(np.repeat(np.arange(25), counts))])
-    main(["redistribute", str(tmp_path / "e"), "--method", "map", "--train-list", str(tmp_path / "train.txt"),
-          "--out", str(tmp_path / "l.tsv"), "--counts", str(tmp_path / "c.tsv")])
+    write_split_list(
+        tmp_path / "train.txt", [(f"train/{i}.jpg", int(c)) for i, c in enumerate(np.repeat(np.arange(25), counts))]
+    )
+    main(
+        [
+            "redistribute",
+            str(tmp_path / "e"),
+            "--method",
+            "map",
+            "--train-list",
+            str(tmp_path / "train.txt"),
+            "--out",
+            str(tmp_path / "l.tsv"),
+            "--counts",
+            str(tmp_path / "c.tsv"),
+        ]
+    )
     from webfg.postprocess import read_labels, redistribute_map
 
     got_rows, labels = read_labels(tmp_path / "l.tsv")
@@ -379,8 +472,18 @@ def test_power_auto_picks_on_val_and_records_the_grid(tmp_path, capsys):
     chosen, table = choose_power([s.parent / "val" for s in stems], tmp_path / "val.txt", accs)
     assert [p for p, _ in table] == list(POWER_GRID)
     assert dict(table)[chosen] == max(a for _, a in table) and chosen > 0 and dict(table)[0.0] < dict(table)[chosen]
-    main(["ensemble", *map(str, stems), "--power", "auto", "--val-list", str(tmp_path / "val.txt"),
-          "--out", str(tmp_path / "e")])
+    main(
+        [
+            "ensemble",
+            *map(str, stems),
+            "--power",
+            "auto",
+            "--val-list",
+            str(tmp_path / "val.txt"),
+            "--out",
+            str(tmp_path / "e"),
+        ]
+    )
     assert f"power auto: {chosen:g}" in capsys.readouterr().out
     probs, _, meta = load_predictions(tmp_path / "e")
     assert meta["power"] == chosen and probs.dtype == np.float32
@@ -394,8 +497,20 @@ def test_power_auto_errors_name_the_key(tmp_path, capsys):
     out = tmp_path / "o" / "e"
     err = _run_fails(["ensemble", *map(str, stems), "--power", "auto", "--out", str(out)], capsys)
     assert "--power auto needs --val-list" in err
-    err = _run_fails(["ensemble", *map(str, stems), "--power", "auto", "--accuracy-from-name",
-                      "--val-list", str(tmp_path / "val.txt"), "--out", str(out)], capsys)
+    err = _run_fails(
+        [
+            "ensemble",
+            *map(str, stems),
+            "--power",
+            "auto",
+            "--accuracy-from-name",
+            "--val-list",
+            str(tmp_path / "val.txt"),
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
     assert "--power auto: needs the members' val probabilities" in err
     err = _run_fails(["ensemble", *map(str, stems), "--power", "-2", "--out", str(out)], capsys)
     assert "--power: expected a number >= 0 or 'auto', got '-2'" in err
@@ -404,8 +519,10 @@ def test_power_auto_errors_name_the_key(tmp_path, capsys):
     del meta["val_accuracy"]
     json_path.write_text(json.dumps(meta))
     (stems[1].parent / "testb.json").write_text(json.dumps(meta))
-    err = _run_fails(["ensemble", *map(str, stems), "--power", "auto", "--val-list", str(tmp_path / "val.txt"),
-                      "--out", str(out)], capsys)
+    err = _run_fails(
+        ["ensemble", *map(str, stems), "--power", "auto", "--val-list", str(tmp_path / "val.txt"), "--out", str(out)],
+        capsys,
+    )
     assert "--power: auto needs every member's val accuracy" in err and "testb.json has none" in err
     assert not (tmp_path / "o").exists()
 

@@ -46,12 +46,15 @@ def test_selection_is_invariant_to_float16_storage_of_the_threshold():
     assert not select(conf, np.array([0]), 1, "fixed", threshold=0.45).keep[0]
 
 
-@pytest.mark.parametrize("scheme, threshold, floor, fraction, key", [
-    ("flex", 0.45, 0.2, 0.5, "rounds.a1.pseudo.scheme: 'flex' is not one of"),
-    ("fixed", 1.0, 0.2, 0.5, "rounds.a1.pseudo.threshold: 1.0 is outside [0, 1)"),
-    ("adaptive", 0.45, 0.5, 0.5, "rounds.a1.pseudo.min_threshold: 0.5 must lie in [0, threshold = 0.45]"),
-    ("balanced", 0.45, 0.2, 0.0, "rounds.a1.pseudo.fraction: 0.0 is outside (0, 1]"),
-])
+@pytest.mark.parametrize(
+    "scheme, threshold, floor, fraction, key",
+    [
+        ("flex", 0.45, 0.2, 0.5, "rounds.a1.pseudo.scheme: 'flex' is not one of"),
+        ("fixed", 1.0, 0.2, 0.5, "rounds.a1.pseudo.threshold: 1.0 is outside [0, 1)"),
+        ("adaptive", 0.45, 0.5, 0.5, "rounds.a1.pseudo.min_threshold: 0.5 must lie in [0, threshold = 0.45]"),
+        ("balanced", 0.45, 0.2, 0.0, "rounds.a1.pseudo.fraction: 0.0 is outside (0, 1]"),
+    ],
+)
 def test_out_of_range_settings_name_the_key(scheme, threshold, floor, fraction, key):
     with pytest.raises(ValueError, match=key.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
         check_scheme(scheme, threshold, floor, fraction, "rounds.a1.pseudo")

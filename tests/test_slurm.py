@@ -31,13 +31,34 @@ REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 REQUIRED = bool(os.environ.get("CI")) or os.environ.get("WEBFG_REQUIRE_SLURM") == "1"
 CONFIGS = [str(REPO / "config/tiny.yaml"), str(REPO / "tests/profiles/slurm-ci/tiny-resources.yaml")]
-SLURM_TOOLS = {"sacct", "sacctmgr", "salloc", "sattach", "sbatch", "sbcast", "scancel", "scontrol", "sinfo", "squeue",
-               "srun", "sshare", "sstat", "sprio", "sreport", "sdiag", "strigger", "scrontab"}
+SLURM_TOOLS = {
+    "sacct",
+    "sacctmgr",
+    "salloc",
+    "sattach",
+    "sbatch",
+    "sbcast",
+    "scancel",
+    "scontrol",
+    "sinfo",
+    "squeue",
+    "srun",
+    "sshare",
+    "sstat",
+    "sprio",
+    "sreport",
+    "sdiag",
+    "strigger",
+    "scrontab",
+}
 SITE = {"WEBFG_SLURM_GPU_PARTITION": "debug", "WEBFG_SLURM_CPU_PARTITION": "debug"}
 
 
 def _up() -> bool:
-    return shutil.which("scontrol") is not None and subprocess.run(["scontrol", "ping"], capture_output=True).returncode == 0
+    return (
+        shutil.which("scontrol") is not None
+        and subprocess.run(["scontrol", "ping"], capture_output=True).returncode == 0
+    )
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +74,21 @@ def cluster():
 
 def slurm_cmd(workdir, *args, configs=()):
     """Snakemake with the user's profile and the CI layer; the configfiles go last (their option takes a list)."""
-    return [str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--profile", str(REPO / "profiles/slurm"),
-            "--workflow-profile", str(REPO / "tests/profiles/slurm-ci"), *args, "--configfile", *CONFIGS, *configs]
+    return [
+        str(SNAKEMAKE),
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--profile",
+        str(REPO / "profiles/slurm"),
+        "--workflow-profile",
+        str(REPO / "tests/profiles/slurm-ci"),
+        *args,
+        "--configfile",
+        *CONFIGS,
+        *configs,
+    ]
 
 
 def env(**more):
@@ -64,8 +98,9 @@ def env(**more):
 def submitted_jobs(log: str) -> list[tuple[str, str]]:
     """(rule, Slurm job id) of every sbatch the run made, read from the run's own log (the plugin's
     "submitted with SLURM jobid N (log: .../rule_<rule>/...)" lines), not from what Slurm still lists."""
-    return [(rule, job_id) for job_id, rule in
-            re.findall(r"submitted with SLURM jobid (\d+) \(log: \S*?rule_(\w+?)/", log)]
+    return [
+        (rule, job_id) for job_id, rule in re.findall(r"submitted with SLURM jobid (\d+) \(log: \S*?rule_(\w+?)/", log)
+    ]
 
 
 def slurm_record(job_id: str) -> dict:
@@ -79,7 +114,9 @@ def slurm_record(job_id: str) -> dict:
 def slurm_run(cluster, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("tiny_slurm")
     t0 = time.perf_counter()
-    proc = subprocess.run(slurm_cmd(workdir, "results/submit.zip"), cwd=workdir, env=env(), capture_output=True, text=True)
+    proc = subprocess.run(
+        slurm_cmd(workdir, "results/submit.zip"), cwd=workdir, env=env(), capture_output=True, text=True
+    )
     elapsed = time.perf_counter() - t0
     if proc.returncode:
         raise AssertionError(f"Slurm run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-8000:]}")
@@ -102,7 +139,10 @@ def test_each_job_asked_slurm_for_its_gpus_and_light_jobs_for_none(slurm_run):
         by_rule.setdefault(rule, []).append(slurm_record(job_id))
     # the DAG of config/tiny.yaml: 5 trainings (r0: 2, a1: 2, b1: 1), each inferred; r0 scores train
     assert {r: len(js) for r, js in by_rule.items() if r in ("train_model", "infer_probs", "score_train")} == {
-        "train_model": 5, "infer_probs": 5, "score_train": 2}
+        "train_model": 5,
+        "infer_probs": 5,
+        "score_train": 2,
+    }
     for j in by_rule["train_model"] + by_rule["infer_probs"] + by_rule["score_train"]:
         assert j["JobState"] == "COMPLETED"
         assert j["TresPerJob"] == "gres:gpu:1", j  # sbatch --gpus=1 (tiny-resources.yaml: gpus 1)
@@ -113,8 +153,16 @@ def test_each_job_asked_slurm_for_its_gpus_and_light_jobs_for_none(slurm_run):
     # (demo data, post-processing of probability files, merge, pseudo-labels, zip) ran locally
     assert by_rule["clean_split"] and all("gpu" not in j.get("TresPerJob", "") for j in by_rule["clean_split"])
     assert set(by_rule) == {"clean_split", "train_model", "infer_probs", "score_train"}, set(by_rule)
-    for rule in ("demo_data", "ensemble_probs", "filter_noisy", "final_ensemble", "redistribute", "merge_meta",
-                 "make_pseudo", "zip_submission"):
+    for rule in (
+        "demo_data",
+        "ensemble_probs",
+        "filter_noisy",
+        "final_ensemble",
+        "redistribute",
+        "merge_meta",
+        "make_pseudo",
+        "zip_submission",
+    ):
         assert re.search(rf"^localrule {rule}:", log, re.M), rule
     assert (workdir / "results/a1/meta/train.txt").exists() and (workdir / "results/r0/pseudo/testa@0.3.txt").exists()
     # the training ran as an srun task with its GPU (the trainer, not Snakemake, gets Slurm's signals)
@@ -126,8 +174,9 @@ def test_two_gpu_training_runs_ddp_through_srun_and_resumes_after_a_requeue(slur
     workdir, _, _ = slurm_run
     target = "results/slurm_check/train/vit_requeue.pt"
     state = workdir / "results/slurm_check/train/vit_requeue.state/last.pt"
-    proc = subprocess.Popen(slurm_cmd(workdir, target), cwd=workdir, env=env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        slurm_cmd(workdir, target), cwd=workdir, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     out = ""
     try:
         deadline = time.time() + 240
@@ -139,8 +188,12 @@ def test_two_gpu_training_runs_ddp_through_srun_and_resumes_after_a_requeue(slur
         subprocess.run(["scontrol", "requeue", job_id], check=True)
         # Slurm holds a requeued job for ~2 min (Reason=BeginTime); release it at once
         for _ in range(60):
-            if subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True,
-                              text=True).stdout.strip() == "PENDING":
+            if (
+                subprocess.run(
+                    ["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True
+                ).stdout.strip()
+                == "PENDING"
+            ):
                 subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True)
                 break
             time.sleep(0.5)
@@ -150,8 +203,12 @@ def test_two_gpu_training_runs_ddp_through_srun_and_resumes_after_a_requeue(slur
             proc.send_signal(signal.SIGINT)
             proc.wait(timeout=60)
     assert proc.returncode == 0, out[-5000:]
-    record = dict(re.findall(r"(\w+)=(\S*)", subprocess.run(["scontrol", "show", "job", "-o", job_id],
-                                                             capture_output=True, text=True).stdout))
+    record = dict(
+        re.findall(
+            r"(\w+)=(\S*)",
+            subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True).stdout,
+        )
+    )
     assert record["Restarts"] == "1" and record["JobState"] == "COMPLETED"
     # gpus: 2 -> one job, 2 tasks with a GPU each (mpi resource: no srun -n1 wrapper)
     assert record["TresPerJob"] == "gres:gpu:2" and record["NumTasks"] == "2"
@@ -167,23 +224,37 @@ def test_two_gpu_training_runs_ddp_through_srun_and_resumes_after_a_requeue(slur
 def test_gpu_request_larger_than_the_partition_is_refused_before_submission(cluster, tmp_path):
     (tmp_path / "big.yaml").write_text("models:\n  swin_arc: {resources: {gpus: 4, cpus_per_gpu: 1}}\n")
     before = subprocess.run(["squeue", "--states=all", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()
-    proc = subprocess.run(slurm_cmd(tmp_path, "results/submit.zip", configs=[str(tmp_path / "big.yaml")]),
-                          cwd=tmp_path, env=env(), capture_output=True, text=True)
+    proc = subprocess.run(
+        slurm_cmd(tmp_path, "results/submit.zip", configs=[str(tmp_path / "big.yaml")]),
+        cwd=tmp_path,
+        env=env(),
+        capture_output=True,
+        text=True,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert ("models.swin_arc.resources: 4 GPUs on 1 node(s) = 4 per node, but Slurm partition 'debug' has at most "
-            "2 GPUs per node; lower models.swin_arc.resources.gpus to at most 2 (1 node(s) x 2)") in out
+    assert (
+        "models.swin_arc.resources: 4 GPUs on 1 node(s) = 4 per node, but Slurm partition 'debug' has at most "
+        "2 GPUs per node; lower models.swin_arc.resources.gpus to at most 2 (1 node(s) x 2)"
+    ) in out
     after = subprocess.run(["squeue", "--states=all", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()
     assert not set(after) - set(before)  # nothing submitted (older jobs may age out meanwhile)
 
 
 def test_cpu_job_larger_than_any_node_is_refused_naming_its_key(cluster, tmp_path):
     (tmp_path / "big.yaml").write_text("clean:\n  resources: {cpus: 64}\n")
-    proc = subprocess.run(slurm_cmd(tmp_path, "results/submit.zip", configs=[str(tmp_path / "big.yaml")]),
-                          cwd=tmp_path, env=env(), capture_output=True, text=True)
+    proc = subprocess.run(
+        slurm_cmd(tmp_path, "results/submit.zip", configs=[str(tmp_path / "big.yaml")]),
+        cwd=tmp_path,
+        env=env(),
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0
-    assert ("clean.resources.cpus: 64 CPUs per node, but the nodes of Slurm partition 'debug' have at most 2; "
-            "lower clean.resources.cpus") in proc.stdout + proc.stderr
+    assert (
+        "clean.resources.cpus: 64 CPUs per node, but the nodes of Slurm partition 'debug' have at most 2; "
+        "lower clean.resources.cpus"
+    ) in proc.stdout + proc.stderr
 
 
 def test_no_sbatch_on_path_is_one_clear_message(tmp_path):
@@ -194,28 +265,47 @@ def test_no_sbatch_on_path_is_one_clear_message(tmp_path):
         for tool in Path(d).glob("*") if Path(d).is_dir() else []:
             if tool.name not in SLURM_TOOLS and not (bin_dir / tool.name).exists():
                 (bin_dir / tool.name).symlink_to(tool)
-    proc = subprocess.run(slurm_cmd(tmp_path, "results/submit.zip"), cwd=tmp_path,
-                          env=env(PATH=str(bin_dir)), capture_output=True, text=True)
+    proc = subprocess.run(
+        slurm_cmd(tmp_path, "results/submit.zip"),
+        cwd=tmp_path,
+        env=env(PATH=str(bin_dir)),
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0
     assert "profiles/slurm submits with sbatch, which is not on PATH" in proc.stdout + proc.stderr
 
 
 def test_gpus_not_dividing_into_nodes_fail_when_parsed(tmp_path):
     (tmp_path / "odd.yaml").write_text("models:\n  vit_linear: {resources: {gpus: 3, nodes: 2}}\n")
-    proc = subprocess.run(slurm_cmd(tmp_path, "-n", configs=[str(tmp_path / "odd.yaml")]),
-                          cwd=tmp_path, env=env(), capture_output=True, text=True)
+    proc = subprocess.run(
+        slurm_cmd(tmp_path, "-n", configs=[str(tmp_path / "odd.yaml")]),
+        cwd=tmp_path,
+        env=env(),
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0
-    assert ("models.vit_linear.resources: gpus 3 do not divide into nodes 2 (one process per GPU, the same number "
-            "on every node); set models.vit_linear.resources.nodes to one of [1, 3]") in proc.stdout + proc.stderr
+    assert (
+        "models.vit_linear.resources: gpus 3 do not divide into nodes 2 (one process per GPU, the same number "
+        "on every node); set models.vit_linear.resources.nodes to one of [1, 3]"
+    ) in proc.stdout + proc.stderr
 
 
 def test_interrupt_cancels_the_runs_slurm_jobs(slurm_run, tmp_path):
     workdir, _, _ = slurm_run
     # train the model again with 200 epochs (minutes), then interrupt it while Slurm runs it
     (tmp_path / "long.yaml").write_text("models:\n  vit_requeue: {epochs: 200}\n")
-    proc = subprocess.Popen(slurm_cmd(workdir, "results/slurm_check/train/vit_requeue.pt", "--force",
-                                      configs=[str(tmp_path / "long.yaml")]),
-                            cwd=workdir, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        slurm_cmd(
+            workdir, "results/slurm_check/train/vit_requeue.pt", "--force", configs=[str(tmp_path / "long.yaml")]
+        ),
+        cwd=workdir,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline, job_id = time.time() + 120, None
         while job_id is None and time.time() < deadline and proc.poll() is None:
@@ -228,6 +318,7 @@ def test_interrupt_cancels_the_runs_slurm_jobs(slurm_run, tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-    state = subprocess.run(["squeue", "--states=all", "-h", "-j", job_id, "-o", "%T"], capture_output=True,
-                           text=True).stdout.strip()
+    state = subprocess.run(
+        ["squeue", "--states=all", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True
+    ).stdout.strip()
     assert state == "CANCELLED", out[-3000:]

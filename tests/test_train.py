@@ -16,9 +16,20 @@ from webfg.train import load_checkpoint, load_model, train
 CFG = dict(
     arch="vit_tiny_r_s16_p8_224",
     arch_kwargs={"img_size": 16, "patch_size": 2, "depth": 1, "embed_dim": 32, "num_heads": 2},
-    img_size=16, epochs=3, batch_size=16, base_lr=0.1, warmup_epochs=0, hflip=0.0, crop_scale=[0.8, 1.0],
-    test_crop_pct=1.0, mixup_alpha=0.0, cutmix_alpha=0.0, randaugment="rand-m9-mstd0.5-inc1",
-    mean=[0.5] * 3, std=[0.5] * 3, soup_last=2,
+    img_size=16,
+    epochs=3,
+    batch_size=16,
+    base_lr=0.1,
+    warmup_epochs=0,
+    hflip=0.0,
+    crop_scale=[0.8, 1.0],
+    test_crop_pct=1.0,
+    mixup_alpha=0.0,
+    cutmix_alpha=0.0,
+    randaugment="rand-m9-mstd0.5-inc1",
+    mean=[0.5] * 3,
+    std=[0.5] * 3,
+    soup_last=2,
 )
 
 
@@ -32,7 +43,7 @@ def data(tmp_path_factory):
         (root / "train" / f"{c:04d}").mkdir(parents=True)
         for i in range(40):
             a = (rng.random((16, 16)) * 60).astype(np.uint8)
-            a[c * 8:(c + 1) * 8] += 150
+            a[c * 8 : (c + 1) * 8] += 150
             rel = f"train/{c:04d}/im {i}.png"
             Image.fromarray(a).save(root / rel)
             lines["val" if i % 4 == 0 else "train"].append(f"{rel} {c}")
@@ -58,7 +69,9 @@ def test_training_learns_and_is_deterministic(data, tmp_path, head):
     assert not (tmp_path / "a.state").exists()  # resumable state removed once final
     history = (tmp_path / "a.history.tsv").read_text().splitlines()
     epochs = ModelConfig.from_dict({**CFG, "head": head}).epochs if head == "linear" else 6
-    assert history[0] == "epoch\ttrain_loss\tval_accuracy\thead_lr\timages_per_s\tdata_wait" and len(history) == 1 + epochs
+    assert (
+        history[0] == "epoch\ttrain_loss\tval_accuracy\thead_lr\timages_per_s\tdata_wait" and len(history) == 1 + epochs
+    )
 
 
 def test_interrupted_run_resumes_to_identical_weights(data, tmp_path):
@@ -81,7 +94,11 @@ def test_interrupted_run_resumes_to_identical_weights(data, tmp_path):
 
 def test_state_of_another_config_is_not_resumed(data, tmp_path):
     with pytest.raises(KeyboardInterrupt):
-        run(data, tmp_path / "m.pt", log=lambda m: (_ for _ in ()).throw(KeyboardInterrupt) if m.startswith("epoch 2/") else None)
+        run(
+            data,
+            tmp_path / "m.pt",
+            log=lambda m: (_ for _ in ()).throw(KeyboardInterrupt) if m.startswith("epoch 2/") else None,
+        )
     messages = []
     run(data, tmp_path / "m.pt", log=messages.append, base_lr=0.05)
     assert any("belongs to another config" in m for m in messages)
@@ -94,8 +111,13 @@ def test_inference_writes_probabilities_with_val_accuracy(data, tmp_path):
 
     val = read_split_list(data / "val.txt")
     rows = [p for p, _ in read_split_list(data / "train.txt")][:10]
-    acc = infer_splits(tmp_path / "m.pt", data, val,
-                       {"val": (None, tmp_path / "val"), "train": (rows, tmp_path / "train")}, log=lambda m: None)
+    acc = infer_splits(
+        tmp_path / "m.pt",
+        data,
+        val,
+        {"val": (None, tmp_path / "val"), "train": (rows, tmp_path / "train")},
+        log=lambda m: None,
+    )
     probs, got_rows, meta = load_predictions(tmp_path / "train")  # a split's rows lie under its folder
     assert probs.shape == (10, 2) and got_rows == rows and probs.dtype == np.float16
     np.testing.assert_allclose(probs.astype(np.float32).sum(1), 1.0, atol=2e-3)
@@ -117,8 +139,18 @@ def test_loading_a_pickled_object_checkpoint_is_refused(tmp_path):
 
 # ---- scale-out: accumulation, DDP (gloo, 2 processes), pre-emption, bad files
 
-EXACT = dict(randaugment=None, color_jitter=0.0, random_erasing=0.0, crop_scale=[1.0, 1.0], drop_path=0.0, epochs=2,
-             label_smoothing=0.0, mixup_alpha=0.0, cutmix_alpha=0.0, soup_last=1)
+EXACT = dict(
+    randaugment=None,
+    color_jitter=0.0,
+    random_erasing=0.0,
+    crop_scale=[1.0, 1.0],
+    drop_path=0.0,
+    epochs=2,
+    label_smoothing=0.0,
+    mixup_alpha=0.0,
+    cutmix_alpha=0.0,
+    soup_last=1,
+)
 
 
 def write_yaml(path, cfg: dict):
@@ -130,9 +162,26 @@ def write_yaml(path, cfg: dict):
 
 def train_cmd(data, tmp_path, out, cfg: dict, launcher=()):
     config = write_yaml(tmp_path / f"{out}.yaml", {**CFG, **cfg})
-    return [*launcher, "-m", "webfg.cli", "train", "--config", str(config), "--root", str(data),
-            "--train-list", str(data / "train.txt"), "--val-list", str(data / "val.txt"), "--num-classes", "2",
-            "--out", str(tmp_path / f"{out}.pt"), "--threads", "2"]
+    return [
+        *launcher,
+        "-m",
+        "webfg.cli",
+        "train",
+        "--config",
+        str(config),
+        "--root",
+        str(data),
+        "--train-list",
+        str(data / "train.txt"),
+        "--val-list",
+        str(data / "val.txt"),
+        "--num-classes",
+        "2",
+        "--out",
+        str(tmp_path / f"{out}.pt"),
+        "--threads",
+        "2",
+    ]
 
 
 def free_port() -> int:
@@ -151,11 +200,21 @@ def run_two_ranks_like_srun(cmd, port):
 
     procs = []
     for rank in range(2):
-        env = {**os.environ, "SLURM_JOB_ID": "4242", "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank),
-               "SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_TASKS_PER_NODE": "2", "SLURM_STEP_NODELIST": "localhost",
-               "MASTER_PORT": str(port)}
-        procs.append(subprocess.Popen([sys.executable, *cmd], env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
+        env = {
+            **os.environ,
+            "SLURM_JOB_ID": "4242",
+            "SLURM_PROCID": str(rank),
+            "SLURM_LOCALID": str(rank),
+            "SLURM_STEP_NUM_TASKS": "2",
+            "SLURM_STEP_TASKS_PER_NODE": "2",
+            "SLURM_STEP_NODELIST": "localhost",
+            "MASTER_PORT": str(port),
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, *cmd], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+        )
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     return outs[0]
@@ -181,17 +240,25 @@ def test_accumulation_and_two_ranks_match_one_big_batch(data, tmp_path):
     assert "2 process(es) on cpu (srun)" in log
 
     run(data, tmp_path / "small.pt", **{**base, "batch_size": 8})  # control: other images per update
-    big, accum, ddp, srun, small = (load_checkpoint(tmp_path / f"{n}.pt") for n in ("big", "accum", "ddp", "srun", "small"))
+    big, accum, ddp, srun, small = (
+        load_checkpoint(tmp_path / f"{n}.pt") for n in ("big", "accum", "ddp", "srun", "small")
+    )
     assert json.loads(ddp["meta"])["world_size"] == 2 and json.loads(ddp["meta"])["effective_batch"] == 16
     assert json.loads(big["meta"])["val_accuracy"] >= 0.9
 
     def max_diff(other):
-        return max((other["state_dict"][k] - v).abs().max().item()
-                   for k, v in big["state_dict"].items() if v.is_floating_point())
+        return max(
+            (other["state_dict"][k] - v).abs().max().item()
+            for k, v in big["state_dict"].items()
+            if v.is_floating_point()
+        )
 
     # rounding only (AdamW amplifies it a little in near-zero gradients); other batches differ by far more
-    assert max_diff(accum) < 1e-4 and max_diff(ddp) < 1e-4 and max_diff(small) > 1e-2, \
-        (max_diff(accum), max_diff(ddp), max_diff(small))
+    assert max_diff(accum) < 1e-4 and max_diff(ddp) < 1e-4 and max_diff(small) > 1e-2, (
+        max_diff(accum),
+        max_diff(ddp),
+        max_diff(small),
+    )
     assert all(torch.equal(ddp["state_dict"][k], srun["state_dict"][k]) for k in ddp["state_dict"])
 
 
@@ -250,11 +317,21 @@ def test_killed_at_random_points_resumes_to_identical_weights(data, tmp_path):
     import signal
     import sys
 
-    cfg = {"head": "linear", "epochs": 3, "batch_size": 4, "checkpoint_every": 1, "mixup_alpha": 0.0,
-           "cutmix_alpha": 0.0}
+    cfg = {
+        "head": "linear",
+        "epochs": 3,
+        "batch_size": 4,
+        "checkpoint_every": 1,
+        "mixup_alpha": 0.0,
+        "cutmix_alpha": 0.0,
+    }
     cmd = [sys.executable, *train_cmd(data, tmp_path, "killed", cfg)]
-    points = kill_and_resume([sys.executable, *train_cmd(data, tmp_path, "full", cfg)], cmd,
-                             [(getattr(signal, n), c) for n, c in STOP_SIGNALS], tmp_path / "killed.state" / "last.pt")
+    points = kill_and_resume(
+        [sys.executable, *train_cmd(data, tmp_path, "full", cfg)],
+        cmd,
+        [(getattr(signal, n), c) for n, c in STOP_SIGNALS],
+        tmp_path / "killed.state" / "last.pt",
+    )
     a = load_checkpoint(tmp_path / "full.pt")["state_dict"]
     b = load_checkpoint(tmp_path / "killed.pt")["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a), points
@@ -331,13 +408,20 @@ def test_bad_scale_out_settings_fail_before_training(data, tmp_path):
         run(data, tmp_path / "m.pt", pretrained_file=str(tmp_path / "nowhere.pth"))
     # two processes whose global batch 48 is not a multiple of 16 x 2
     env = {**os.environ, "WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "no-such-host.invalid", "MASTER_PORT": "1"}
-    out = subprocess.run([sys.executable, *train_cmd(data, tmp_path, "x", {})], env=env, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, *train_cmd(data, tmp_path, "x", {})], env=env, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 2 and "master address 'no-such-host.invalid' does not resolve" in out.stderr
-    out = subprocess.run([sys.executable, *train_cmd(data, tmp_path, "y", {"global_batch_size": 48})],
-                         env={**env, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())},
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2 and "global_batch_size: 48 is not a multiple of batch_size 16 x world size 2" in out.stderr
+    out = subprocess.run(
+        [sys.executable, *train_cmd(data, tmp_path, "y", {"global_batch_size": 48})],
+        env={**env, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (
+        out.returncode == 2 and "global_batch_size: 48 is not a multiple of batch_size 16 x world size 2" in out.stderr
+    )
 
 
 def test_seed_rngs_gives_the_streams_of_the_global_seeders():
@@ -365,8 +449,9 @@ def test_gpu_smoke_benchmark_skips_in_one_line_without_a_gpu(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: run `make gpu-smoke` instead")
     script = Path(__file__).resolve().parents[1] / "bench/gpu_smoke.py"
-    out = subprocess.run([sys.executable, str(script), "--results", str(tmp_path)], capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, str(script), "--results", str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0 and out.stderr == "", out.stderr
     assert out.stdout.startswith("gpu_smoke: skipped: no CUDA GPU") and out.stdout.count("\n") == 1
     assert not list(tmp_path.iterdir())  # nothing written

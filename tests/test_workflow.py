@@ -6,10 +6,10 @@ results/ is never touched.
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
 import os
-import base64
 import re
 import shutil
 import subprocess
@@ -55,8 +55,11 @@ def full_plan_inputs(workdir: Path) -> None:
     for rel in ["data/accv/train/0000/a.jpg", "data/accv/testa/x.jpg", "data/accv/testb/y.jpg"]:
         (workdir / rel).parent.mkdir(parents=True, exist_ok=True)
         (workdir / rel).write_bytes(b"")
-    for name in ["mae_vit_large_train_testa_1600e", "swinv2_large_patch4_window12_192_22k",
-                 "swinv2_base_patch4_window12_192_22k"]:
+    for name in [
+        "mae_vit_large_train_testa_1600e",
+        "swinv2_large_patch4_window12_192_22k",
+        "swinv2_base_patch4_window12_192_22k",
+    ]:
         (workdir / "pretrained").mkdir(exist_ok=True)
         (workdir / "pretrained" / f"{name}.pth").write_bytes(b"")
 
@@ -146,8 +149,15 @@ def test_tiny_pseudo_labels_are_the_confident_ensemble_argmax(tiny_run):
 def test_tiny_summary_scores_every_round(tiny_run):
     lines = (tiny_run / "results/summary.tsv").read_text().splitlines()
     table = [dict(zip(lines[0].split("\t"), line.split("\t"))) for line in lines[1:]]
-    assert [r["stage"] for r in table] == ["r0", "a1", "b1", "final_ensemble", "submission",
-                                           "clean_split", "noise_filter"]
+    assert [r["stage"] for r in table] == [
+        "r0",
+        "a1",
+        "b1",
+        "final_ensemble",
+        "submission",
+        "clean_split",
+        "noise_filter",
+    ]
     assert all(0 <= float(r["accuracy_testb"]) <= 1 for r in table[:5])
     assert table[5]["removal_recall"] == "1.0000"
     summary = json.loads((tiny_run / "results/summary.json").read_text())
@@ -167,11 +177,23 @@ def test_tiny_rerun_is_a_no_op_and_one_model_change_reruns_only_it(tiny_run, tmp
 
 
 TINY_PLOTS = [
-    *[f"results/plots/{r}/{m}.history.png" for r, m in
-      [("r0", "swin_arc"), ("r0", "vit_linear"), ("a1", "swin_arc"), ("a1", "vit_linear"), ("b1", "swin_arc")]],
-    "results/plots/r0/pseudo_testa@0.3.png", "results/plots/a1/pseudo_testa@0.3.png",
-    "results/plots/a1/pseudo_testb@0.3.png", "results/plots/val_accuracy.png", "results/plots/removals.png",
-    "results/plots/class_counts.png", "results/plots/round_accuracy.png",
+    *[
+        f"results/plots/{r}/{m}.history.png"
+        for r, m in [
+            ("r0", "swin_arc"),
+            ("r0", "vit_linear"),
+            ("a1", "swin_arc"),
+            ("a1", "vit_linear"),
+            ("b1", "swin_arc"),
+        ]
+    ],
+    "results/plots/r0/pseudo_testa@0.3.png",
+    "results/plots/a1/pseudo_testa@0.3.png",
+    "results/plots/a1/pseudo_testb@0.3.png",
+    "results/plots/val_accuracy.png",
+    "results/plots/removals.png",
+    "results/plots/class_counts.png",
+    "results/plots/round_accuracy.png",
 ]
 
 
@@ -203,8 +225,15 @@ def test_report_embeds_every_plot_and_table(tiny_run, tiny_report):
 
 def chromium(*args, cwd):
     exe = shutil.which("chromium")
-    cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={cwd / 'profile'}",
-           "--virtual-time-budget=5000", *args]
+    cmd = [
+        exe,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        f"--user-data-dir={cwd / 'profile'}",
+        "--virtual-time-budget=5000",
+        *args,
+    ]
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
@@ -234,7 +263,7 @@ def test_demo_runs_every_round_to_a_valid_submission(tmp_path, capsys):
     with capsys.disabled():  # the measured table belongs in the CI log
         print(f"\ndemo end to end: {minutes:.1f} min\n" + "\n".join(lines))
     table = [dict(zip(lines[0].split("\t"), line.split("\t"))) for line in lines[1:]]
-    rounds = table[:[r["stage"] for r in table].index("final_ensemble")]
+    rounds = table[: [r["stage"] for r in table].index("final_ensemble")]
     answers = load_answers(tmp_path / "data/demo/answers/testb.txt")
     num_classes = len(set(answers.values()))
     assert rounds[0]["stage"] == "r0" and len(rounds) >= 2

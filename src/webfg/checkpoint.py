@@ -82,7 +82,7 @@ class StopFlag:
         self.signum = 0
         self._previous = {}
 
-    def install(self) -> "StopFlag":
+    def install(self) -> StopFlag:
         if threading.current_thread() is threading.main_thread():
             for sig in PREEMPT_EXIT:
                 self._previous[sig] = signal.signal(sig, self._handle)

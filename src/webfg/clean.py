@@ -35,8 +35,10 @@ def class_ids(names: list[str], where: Path) -> dict[str, int]:
     numeric = [n for n in names if n.isascii() and n.isdigit()]
     if numeric and len(numeric) < len(names):
         words = [n for n in names if n not in set(numeric)]
-        raise InputError(f"{where}: class folders mix integer ids ({numeric[0]}, ...) and names "
-                         f"({words[0]}, ...); expected all ids (0000, 0001, ...) or all names")
+        raise InputError(
+            f"{where}: class folders mix integer ids ({numeric[0]}, ...) and names "
+            f"({words[0]}, ...); expected all ids (0000, 0001, ...) or all names"
+        )
     if numeric:
         first = {}
         for n in sorted(names):
@@ -62,16 +64,21 @@ def unlistable(name: str) -> str | None:
     return None
 
 
-SYSTEM_FILES = {"thumbs.db": "Windows thumbnail cache", "ehthumbs.db": "Windows thumbnail cache",
-                "desktop.ini": "Windows folder settings"}
+SYSTEM_FILES = {
+    "thumbs.db": "Windows thumbnail cache",
+    "ehthumbs.db": "Windows thumbnail cache",
+    "desktop.ini": "Windows folder settings",
+}
 
 
 def image_files(folder: Path) -> list[Path]:
     """The files directly in ``folder`` that are read as images (not hidden files, not the
     system's Thumbs.db/desktop.ini, nor names a split list cannot hold)."""
-    return sorted(f for f in folder.iterdir()
-                  if f.is_file() and not is_hidden(f.name) and f.name.lower() not in SYSTEM_FILES
-                  and not unlistable(f.name))
+    return sorted(
+        f
+        for f in folder.iterdir()
+        if f.is_file() and not is_hidden(f.name) and f.name.lower() not in SYSTEM_FILES and not unlistable(f.name)
+    )
 
 
 def shown(path: Path, root: Path) -> str:
@@ -96,8 +103,9 @@ def unread_files(root: Path, folder: Path, why_nested: str) -> list[tuple[str, s
                     out.append((shown(Path(dirpath) / name, root), f"in sub-folder {rel}/: {why_nested}"))
                 for name in dirnames:
                     if (Path(dirpath) / name).is_symlink():
-                        out.append((shown(Path(dirpath) / name, root) + "/",
-                                    f"link to a folder, not followed; {why_nested}"))
+                        out.append(
+                            (shown(Path(dirpath) / name, root) + "/", f"link to a folder, not followed; {why_nested}")
+                        )
         elif is_hidden(entry.name):
             out.append((rel, "hidden file, not read"))
         elif entry.name.lower() in SYSTEM_FILES:
@@ -139,8 +147,10 @@ def scan_tree(root, num_classes: int | None = None, meta_all=None) -> TrainTree:
         first_line: dict[str, int] = {}
         for lineno, relpath, _ in lines:
             if relpath in first_line:
-                raise InputError(f"{meta_all}:{lineno}: {relpath} is listed again (first at line "
-                                 f"{first_line[relpath]}); each image once, with one label")
+                raise InputError(
+                    f"{meta_all}:{lineno}: {relpath} is listed again (first at line "
+                    f"{first_line[relpath]}); each image once, with one label"
+                )
             first_line[relpath] = lineno
         samples = [("train/" + p, y) for _, p, y in lines]
         line_of_label = {}
@@ -198,10 +208,15 @@ def check_class_ids(where_of: dict[int, str], num_classes: int | None, source: s
             if c not in where_of:
                 missing.append(c)
             c += 1
-        implied = (f" (data.num_classes is {num_classes})" if num_classes is not None else
-                   f"; the largest id {top} ({where_of[top]}) implies {count} classes")
-        raise InputError(f"{source}: {count - len(where_of)} empty class(es) {missing}{', ...' if count - len(where_of) > 10 else ''} "
-                         f"(no images){implied}; expected ids 0..{count - 1}, each with images")
+        implied = (
+            f" (data.num_classes is {num_classes})"
+            if num_classes is not None
+            else f"; the largest id {top} ({where_of[top]}) implies {count} classes"
+        )
+        raise InputError(
+            f"{source}: {count - len(where_of)} empty class(es) {missing}{', ...' if count - len(where_of) > 10 else ''} "
+            f"(no images){implied}; expected ids 0..{count - 1}, each with images"
+        )
     return count
 
 
@@ -217,8 +232,7 @@ def scan_test_split(root: Path, split: str) -> tuple[list[str], list[tuple[str, 
     real_root = root.resolve()
     for f in files:
         if not f.resolve().is_relative_to(real_root):
-            raise InputError(f"{f}: links out of the data root (to {f.resolve()}); every test image "
-                             "must lie inside it")
+            raise InputError(f"{f}: links out of the data root (to {f.resolve()}); every test image must lie inside it")
     unread = unread_files(root, folder, f"test split {split} is one flat folder; not predicted")
     return [f.relative_to(root).as_posix() for f in files], unread
 
@@ -305,8 +319,14 @@ def clean_split(
     write_removed(out_dir / "removed.tsv", removed)
     for split, (relpaths, _) in tests.items():
         write_split_list(out_dir / f"{split}.txt", relpaths)
-    stats = {"found": len(samples), "train": len(train), "val": len(val), "removed": len(removed),
-             "num_classes": num_classes, **{f"num_{s}": len(r) for s, (r, _) in tests.items()}}
+    stats = {
+        "found": len(samples),
+        "train": len(train),
+        "val": len(val),
+        "removed": len(removed),
+        "num_classes": num_classes,
+        **{f"num_{s}": len(r) for s, (r, _) in tests.items()},
+    }
     log(" ".join(f"{k}={v}" for k, v in stats.items()))
     return stats
 
@@ -323,10 +343,16 @@ def check_every_class_kept(kept, samples, removed, names, source) -> None:
     for c in empty[:3]:
         files = [p for p, y in samples if y == c]
         why = "; ".join(f"{p}: {reason.get(p, 'removed')}" for p in files[:3])
-        parts.append(f"class {c} ({names[c]}): all {len(files)} image(s) removed ({why}"
-                     + (", ..." if len(files) > 3 else "") + ")")
-    raise InputError(f"{source}: {len(empty)} class(es) left without any usable image, nothing written: "
-                     + " | ".join(parts) + (" | ..." if len(empty) > 3 else ""))
+        parts.append(
+            f"class {c} ({names[c]}): all {len(files)} image(s) removed ({why}"
+            + (", ..." if len(files) > 3 else "")
+            + ")"
+        )
+    raise InputError(
+        f"{source}: {len(empty)} class(es) left without any usable image, nothing written: "
+        + " | ".join(parts)
+        + (" | ..." if len(empty) > 3 else "")
+    )
 
 
 def write_class_list(root, path, num_classes: int | None = None, meta_all=None) -> list[str]:
@@ -390,8 +416,11 @@ def filter_noisy(
         top_prob[part] = block.max(1)
     implausible = (label_prob < max_label_prob) & (top != labels) & (top_prob >= min_top_prob)
     kept = [s for s, bad in zip(samples, implausible) if not bad]
-    removed = [(p, f"implausible label {y}: p={label_prob[i]:.3f}, ensemble says {top[i]} (p={top_prob[i]:.3f})")
-               for i, ((p, y), bad) in enumerate(zip(samples, implausible)) if bad]
+    removed = [
+        (p, f"implausible label {y}: p={label_prob[i]:.3f}, ensemble says {top[i]} (p={top_prob[i]:.3f})")
+        for i, ((p, y), bad) in enumerate(zip(samples, implausible))
+        if bad
+    ]
     write_split_list(out_list, kept)
     write_removed(out_removed, removed)
     log(f"noise filter: kept {len(kept)}, removed {len(removed)} of {len(samples)}")

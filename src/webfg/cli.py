@@ -22,8 +22,16 @@ def _demo_data(a):
 def _clean_split(a):
     from webfg.clean import clean_split
 
-    clean_split(a.root, a.out, num_classes=a.num_classes, val_fraction=a.val_fraction,
-                val_min_per_class=a.val_min_per_class, seed=a.seed, meta_all=a.meta_all, test_splits=a.splits)
+    clean_split(
+        a.root,
+        a.out,
+        num_classes=a.num_classes,
+        val_fraction=a.val_fraction,
+        val_min_per_class=a.val_min_per_class,
+        seed=a.seed,
+        meta_all=a.meta_all,
+        test_splits=a.splits,
+    )
 
 
 def _train(a):
@@ -123,8 +131,10 @@ def _ensemble(a):
     a.stems = _expand(a.stems, ".npy")
     power = parse_power(a.power, "--power")
     if power == "auto" and a.accuracy_from_name:
-        raise InputError("--power auto: needs the members' val probabilities, which result pickles do not "
-                         "have; give a number (the original's 25)")
+        raise InputError(
+            "--power auto: needs the members' val probabilities, which result pickles do not "
+            "have; give a number (the original's 25)"
+        )
     accs = [accuracy_from_filename(s) for s in a.stems] if a.accuracy_from_name else member_accuracies(a.stems)
     table = None
     if power == "auto":
@@ -134,13 +144,13 @@ def _ensemble(a):
         if len(val_stems) != len(a.stems):
             raise InputError(f"--val: {len(val_stems)} val predictions for {len(a.stems)} members")
         power, table = choose_power(val_stems, a.val_list, accs, key="--power", accuracy_from=a.stems)
-        print(f"power auto: {power:g} (val accuracy "
-              + ", ".join(f"{p:g}: {acc:.4f}" for p, acc in table) + ")")
+        print(f"power auto: {power:g} (val accuracy " + ", ".join(f"{p:g}: {acc:.4f}" for p, acc in table) + ")")
     meta = {"power": power, **({"power_auto": [list(row) for row in table]} if table else {})}
     ensemble_predictions(a.stems, member_weights(a.stems, accs, power), a.out, meta=meta, dtype=a.dtype)
     if table:
-        write_power_choice(a.power_report or str(prediction_paths(a.out)[0])[: -len(".npy")] + ".power.tsv",
-                           table, power)
+        write_power_choice(
+            a.power_report or str(prediction_paths(a.out)[0])[: -len(".npy")] + ".power.tsv", table, power
+        )
 
 
 def _pseudo(a):
@@ -167,10 +177,17 @@ def _redistribute(a):
     if a.method == "greedy" and a.k is None:
         raise InputError("--method greedy needs --k (a little below rows/classes, e.g. 16 for 90,000 / 5,000)")
     if a.method == "map" and a.train_list is None:
-        raise InputError("--method map needs --train-list, the labelled list the members were trained on "
-                         "(e.g. results/clean/train.txt): its class counts are the training prior it corrects")
-    params = {"k": a.k or 0, "strength": a.strength, "temperature": a.temperature, "candidates": a.candidates,
-              "concentration": a.concentration}
+        raise InputError(
+            "--method map needs --train-list, the labelled list the members were trained on "
+            "(e.g. results/clean/train.txt): its class counts are the training prior it corrects"
+        )
+    params = {
+        "k": a.k or 0,
+        "strength": a.strength,
+        "temperature": a.temperature,
+        "candidates": a.candidates,
+        "concentration": a.concentration,
+    }
     check_redistribute_params(a.method, params, "--")
     probs, rows, _ = load_predictions(a.stem)
     counts = train_class_counts(a.train_list, probs.shape[1]) if a.method == "map" else None
@@ -297,8 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int)
     s.set_defaults(func=_train)
 
-    s = sub.add_parser("pretrain-mae", help="MAE pre-training of a ViT encoder (resumes from its state folder)",
-                       epilog="the encoder file starts a model through its pretrained_file")
+    s = sub.add_parser(
+        "pretrain-mae",
+        help="MAE pre-training of a ViT encoder (resumes from its state folder)",
+        epilog="the encoder file starts a model through its pretrained_file",
+    )
     g = s.add_mutually_exclusive_group(required=True)
     g.add_argument("--config", help="YAML of webfg.config.MAEConfig fields")
     g.add_argument("--config-json", help="the pretrain entry as a JSON string (what the workflow passes)")
@@ -310,8 +330,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int)
     s.set_defaults(func=_pretrain_mae)
 
-    s = sub.add_parser("launch", help="start a command as one process per GPU (srun in Slurm, torchrun here)",
-                       epilog="example: webfg launch --tasks-per-node 2 -- train --config m.yaml ...")
+    s = sub.add_parser(
+        "launch",
+        help="start a command as one process per GPU (srun in Slurm, torchrun here)",
+        epilog="example: webfg launch --tasks-per-node 2 -- train --config m.yaml ...",
+    )
     s.add_argument("--nodes", type=int, default=1)
     s.add_argument("--tasks-per-node", type=int, default=1, help="processes per node (one per GPU)")
     s.add_argument("--cpus-per-task", type=int, default=1)
@@ -328,26 +351,43 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("lists", nargs="*", help="unlabelled lists; each is written as <out-dir>/<list stem>.npy")
     s.set_defaults(func=_infer)
 
-    s = sub.add_parser("ensemble", help="accuracy-weighted ensemble of prediction files",
-                       epilog="example: webfg ensemble results/b3/infer/*/testb --power 25 --out results/final/ensemble\n"
-                              "         webfg ensemble legacy/*-7[0-9][0-9][0-9] --accuracy-from-name --out ens",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    s = sub.add_parser(
+        "ensemble",
+        help="accuracy-weighted ensemble of prediction files",
+        epilog="example: webfg ensemble results/b3/infer/*/testb --power 25 --out results/final/ensemble\n"
+        "         webfg ensemble legacy/*-7[0-9][0-9][0-9] --accuracy-from-name --out ens",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     s.add_argument("stems", nargs="+", help="prediction stems (or .npy files), or folders of them")
     s.add_argument("--out", required=True)
-    s.add_argument("--power", default="25", help="weights (acc_i / min acc)^power; 0 = plain mean; auto = the "
-                   "power of {0, 1, 2, 4, 8, 16, 25} best on val, by mean per-class recall (needs --val-list)")
+    s.add_argument(
+        "--power",
+        default="25",
+        help="weights (acc_i / min acc)^power; 0 = plain mean; auto = the "
+        "power of {0, 1, 2, 4, 8, 16, 25} best on val, by mean per-class recall (needs --val-list)",
+    )
     s.add_argument("--accuracy-from-name", action="store_true", help="legacy: '...-7620' in the name = 0.7620")
-    s.add_argument("--dtype", default="float32", choices=["float32", "float16"],
-                   help="float32 (default) makes no top-2 ties by rounding; float16 halves the file")
+    s.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "float16"],
+        help="float32 (default) makes no top-2 ties by rounding; float16 halves the file",
+    )
     s.add_argument("--val-list", help="power auto: labelled val list (e.g. results/clean/val.txt)")
-    s.add_argument("--val", nargs="+", help="power auto: the members' val predictions, in member order "
-                   "(default: the 'val' stem next to each member)")
+    s.add_argument(
+        "--val",
+        nargs="+",
+        help="power auto: the members' val predictions, in member order (default: the 'val' stem next to each member)",
+    )
     s.add_argument("--power-report", help="power auto: TSV of the grid (default: <out>.power.tsv)")
     s.set_defaults(func=_ensemble)
 
-    s = sub.add_parser("pseudo", help="pseudo-labels: rows whose max probability > threshold",
-                       epilog="example: webfg pseudo results/a1/ensemble/testa --threshold 0.45 --out pseudo_testa.txt",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    s = sub.add_parser(
+        "pseudo",
+        help="pseudo-labels: rows whose max probability > threshold",
+        epilog="example: webfg pseudo results/a1/ensemble/testa --threshold 0.45 --out pseudo_testa.txt",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     s.add_argument("stem")
     s.add_argument("--threshold", type=float, default=0.45)
     s.add_argument("--out", required=True)
@@ -358,22 +398,33 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.set_defaults(func=_merge_meta)
 
-    s = sub.add_parser("redistribute", help="balance predicted class counts (map, greedy K, prior, transport)",
-                       epilog="example: webfg redistribute results/final/ensemble --method map "
-                              "--train-list results/clean/train.txt --out labels.tsv --counts counts.tsv\n"
-                              "         webfg redistribute results/final/ensemble --method greedy --k 16 "
-                              "--out labels.tsv --counts counts.tsv",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    s = sub.add_parser(
+        "redistribute",
+        help="balance predicted class counts (map, greedy K, prior, transport)",
+        epilog="example: webfg redistribute results/final/ensemble --method map "
+        "--train-list results/clean/train.txt --out labels.tsv --counts counts.tsv\n"
+        "         webfg redistribute results/final/ensemble --method greedy --k 16 "
+        "--out labels.tsv --counts counts.tsv",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     s.add_argument("stem")
-    s.add_argument("--method", default="greedy", choices=["map", "greedy", "prior", "transport", "none"],
-                   help="map = training-prior logit adjustment + MAP-EM test prior (recommended: never "
-                        "below argmax in bench/); greedy = the original's; prior = prior correction toward "
-                        "uniform; transport = near-exact balance (test sets with N/C rows per class)")
+    s.add_argument(
+        "--method",
+        default="greedy",
+        choices=["map", "greedy", "prior", "transport", "none"],
+        help="map = training-prior logit adjustment + MAP-EM test prior (recommended: never "
+        "below argmax in bench/); greedy = the original's; prior = prior correction toward "
+        "uniform; transport = near-exact balance (test sets with N/C rows per class)",
+    )
     s.add_argument("--k", type=int, help="greedy: classes predicted fewer than k times take rows up to k")
     s.add_argument("--train-list", help="map: labelled list the members were trained on (its class counts)")
-    s.add_argument("--concentration", type=float, default=4.0,
-                   help="map: Dirichlet pull of the test prior toward uniform, in N/C rows per class "
-                        "(0 = the rows alone, inf = uniform)")
+    s.add_argument(
+        "--concentration",
+        type=float,
+        default=4.0,
+        help="map: Dirichlet pull of the test prior toward uniform, in N/C rows per class "
+        "(0 = the rows alone, inf = uniform)",
+    )
     s.add_argument("--strength", type=float, default=1.0, help="prior/transport: 0 = argmax, 1 = full correction")
     s.add_argument("--temperature", type=float, default=0.05, help="transport: final temperature")
     s.add_argument("--candidates", type=int, default=16, help="map/prior/transport: classes considered per row")
@@ -381,17 +432,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--counts", required=True)
     s.set_defaults(func=_redistribute)
 
-    s = sub.add_parser("import-legacy", help="the original's result pickles -> prediction files (safely)",
-                       epilog="example: webfg import-legacy results/*.pkl --out-dir results/legacy --split testb",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    s = sub.add_parser(
+        "import-legacy",
+        help="the original's result pickles -> prediction files (safely)",
+        epilog="example: webfg import-legacy results/*.pkl --out-dir results/legacy --split testb",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     s.add_argument("pickles", nargs="+", help="result pickles, or folders of them")
     s.add_argument("--out-dir", required=True)
     s.add_argument("--split", default="testb", help="rows become <split>/<file name>")
     s.set_defaults(func=_import_legacy)
 
-    s = sub.add_parser("convert", help="a timm/MMCls/MMSelfSup/webfg checkpoint -> a webfg model file for infer",
-                       epilog="example: webfg convert --in swin-l-384-arc-roundb3.pth --config config/config.yaml "
-                              "--model swinv2_l_arc --train-list meta/roundb3/train.txt --out swinv2_l_b3.pt")
+    s = sub.add_parser(
+        "convert",
+        help="a timm/MMCls/MMSelfSup/webfg checkpoint -> a webfg model file for infer",
+        epilog="example: webfg convert --in swin-l-384-arc-roundb3.pth --config config/config.yaml "
+        "--model swinv2_l_arc --train-list meta/roundb3/train.txt --out swinv2_l_b3.pt",
+    )
     s.add_argument("--in", dest="in_path", required=True, help="the checkpoint, with its classification head")
     s.add_argument("--out", required=True)
     s.add_argument("--config", help="a model YAML, or a pipeline config with --model")
@@ -404,37 +461,54 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--train-list", help="labelled list the model was trained on: class counts for logit adjustment")
     s.set_defaults(func=_convert)
 
-    s = sub.add_parser("submit", help="labels TSV -> submission CSV + zip",
-                       epilog="example: webfg submit results/final/labels.tsv --csv submit.csv --zip submit.zip",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    s = sub.add_parser(
+        "submit",
+        help="labels TSV -> submission CSV + zip",
+        epilog="example: webfg submit results/final/labels.tsv --csv submit.csv --zip submit.zip",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     s.add_argument("labels")
     s.add_argument("--csv", default="results/submit.csv")
     s.add_argument("--zip", default="results/submit.zip")
     s.set_defaults(func=_submit)
 
-    s = sub.add_parser("init", help="inspect a dataset in the ACCV layout and write a config for it",
-                       epilog="example: webfg init data/mybirds --out config/mybirds.yaml")
+    s = sub.add_parser(
+        "init",
+        help="inspect a dataset in the ACCV layout and write a config for it",
+        epilog="example: webfg init data/mybirds --out config/mybirds.yaml",
+    )
     s.add_argument("data_dir")
     s.add_argument("--out", default="config/my.yaml", help="config to write (default: %(default)s)")
     s.add_argument("--splits", nargs="+", help="test split folders (default: every folder next to train/)")
     s.add_argument("--force", action="store_true", help="overwrite --out")
-    s.add_argument("--allow-broken", action="store_true",
-                   help="accept unreadable training images (clean_split drops them)")
+    s.add_argument(
+        "--allow-broken", action="store_true", help="accept unreadable training images (clean_split drops them)"
+    )
     s.set_defaults(func=_init)
 
     s = sub.add_parser("status", help="which rounds and models are done, running or pending (starts nothing)")
     s.add_argument("--configfile", default="config/config.yaml")
     s.add_argument("-d", "--directory", default=".", help="the run's working directory")
-    s.add_argument("--watch", type=float, metavar="SECONDS",
-                   help="report again every SECONDS until interrupted (the table is redrawn on a terminal)")
-    s.add_argument("--running", action="store_true",
-                   help="print only the running jobs' progress (epoch, rate, ETA), one line each, never clearing "
-                        "the screen: what `make demo` shows beside Snakemake")
+    s.add_argument(
+        "--watch",
+        type=float,
+        metavar="SECONDS",
+        help="report again every SECONDS until interrupted (the table is redrawn on a terminal)",
+    )
+    s.add_argument(
+        "--running",
+        action="store_true",
+        help="print only the running jobs' progress (epoch, rate, ETA), one line each, never clearing "
+        "the screen: what `make demo` shows beside Snakemake",
+    )
     s.set_defaults(func=_status)
 
-    s = sub.add_parser("soup", help="uniform soup of checkpoints, one in memory at a time (float64 sum)",
-                       epilog="example: webfg soup work/epoch_16.pth work/epoch_17.pth work/epoch_18.pth --out soup.pth",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    s = sub.add_parser(
+        "soup",
+        help="uniform soup of checkpoints, one in memory at a time (float64 sum)",
+        epilog="example: webfg soup work/epoch_16.pth work/epoch_17.pth work/epoch_18.pth --out soup.pth",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     s.add_argument("checkpoints", nargs="+", help="summed in this order")
     s.add_argument("--out", required=True)
     s.set_defaults(func=_soup)

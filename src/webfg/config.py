@@ -19,7 +19,9 @@ class ModelConfig:
     arch: str
     head: str = "linear"  # "linear" (CE + smoothing + mixup, logit adjustment) or "arcface"
     arch_kwargs: dict = field(default_factory=dict)
-    pretrained_file: str | None = None  # a local checkpoint (timm, MMCls, MMSelfSup, webfg: webfg.convert); never a hub download
+    pretrained_file: str | None = (
+        None  # a local checkpoint (timm, MMCls, MMSelfSup, webfg: webfg.convert); never a hub download
+    )
     img_size: int = 224
     epochs: int = 30
     batch_size: int = 16
@@ -58,11 +60,13 @@ class ModelConfig:
     # runtime knobs: they do not change what is learned (not part of the resume fingerprint)
     channels_last: bool = False
     compile: bool = False  # torch.compile the model
-    num_workers: int | None = None  # data-loading processes per training process; None: from the job's CPUs (webfg.engine.loader_workers)
+    num_workers: int | None = (
+        None  # data-loading processes per training process; None: from the job's CPUs (webfg.engine.loader_workers)
+    )
     checkpoint_every: int = 0  # also checkpoint every N optimizer updates (0: once per epoch)
 
     @classmethod
-    def from_dict(cls, d: dict, where: str = "model config") -> "ModelConfig":
+    def from_dict(cls, d: dict, where: str = "model config") -> ModelConfig:
         cfg = cls(**_checked_fields(cls, d, where))
         if cfg.head not in ("linear", "arcface"):
             raise InputError(f"{where}.head: {cfg.head!r} is not one of ['arcface', 'linear']")
@@ -72,8 +76,9 @@ class ModelConfig:
             if getattr(cfg, key) < 1:
                 raise InputError(f"{where}.{key}: must be at least 1, got {getattr(cfg, key)}")
         if cfg.global_batch_size is not None and cfg.global_batch_size % cfg.batch_size:
-            raise InputError(f"{where}.global_batch_size: {cfg.global_batch_size} is not a multiple of "
-                             f"batch_size {cfg.batch_size}")
+            raise InputError(
+                f"{where}.global_batch_size: {cfg.global_batch_size} is not a multiple of batch_size {cfg.batch_size}"
+            )
         return cfg
 
     def to_dict(self) -> dict:
@@ -164,7 +169,7 @@ class MAEConfig:
     checkpoint_every: int = 0  # also checkpoint every N optimizer updates (0: once per epoch)
 
     @classmethod
-    def from_dict(cls, d: dict, where: str = "pretrain config") -> "MAEConfig":
+    def from_dict(cls, d: dict, where: str = "pretrain config") -> MAEConfig:
         cfg = cls(**_checked_fields(cls, d, where))
         if not 0 < cfg.mask_ratio < 1:
             raise InputError(f"{where}.mask_ratio: {cfg.mask_ratio} must lie strictly between 0 and 1")
@@ -174,8 +179,9 @@ class MAEConfig:
             if getattr(cfg, key) < 1:
                 raise InputError(f"{where}.{key}: must be at least 1, got {getattr(cfg, key)}")
         if cfg.global_batch_size is not None and cfg.global_batch_size % cfg.batch_size:
-            raise InputError(f"{where}.global_batch_size: {cfg.global_batch_size} is not a multiple of "
-                             f"batch_size {cfg.batch_size}")
+            raise InputError(
+                f"{where}.global_batch_size: {cfg.global_batch_size} is not a multiple of batch_size {cfg.batch_size}"
+            )
         return cfg
 
     def to_dict(self) -> dict:
@@ -196,14 +202,17 @@ def check_pretrain_matches(model: ModelConfig, mae: MAEConfig, model_where: str,
     (``arch`` and ``arch_kwargs`` other than img_size/drop_path_rate), or the encoder's
     weights would not load; the InputError names the model's key."""
     if model.arch != mae.arch:
-        raise InputError(f"{model_where}.arch: {model.arch!r} is not the arch {mae.arch!r} of {mae_where}, "
-                         "its pretrained_file")
+        raise InputError(
+            f"{model_where}.arch: {model.arch!r} is not the arch {mae.arch!r} of {mae_where}, its pretrained_file"
+        )
     mine = {k: v for k, v in model.arch_kwargs.items() if k not in PRETRAIN_FREE_KWARGS}
     theirs = {k: v for k, v in mae.arch_kwargs.items() if k not in PRETRAIN_FREE_KWARGS}
     if mine != theirs:
         key = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))[0]
-        raise InputError(f"{model_where}.arch_kwargs.{key}: {mine.get(key)!r} differs from {theirs.get(key)!r} in "
-                         f"{mae_where}.arch_kwargs, its pretrained_file (only {list(PRETRAIN_FREE_KWARGS)} may differ)")
+        raise InputError(
+            f"{model_where}.arch_kwargs.{key}: {mine.get(key)!r} differs from {theirs.get(key)!r} in "
+            f"{mae_where}.arch_kwargs, its pretrained_file (only {list(PRETRAIN_FREE_KWARGS)} may differ)"
+        )
 
 
 def _checked_fields(cls, d: dict, where: str) -> dict:
@@ -214,8 +223,11 @@ def _checked_fields(cls, d: dict, where: str) -> dict:
     unknown = sorted(set(d) - known, key=str)
     if unknown:
         raise InputError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(known)}")
-    required = [f.name for f in dataclasses.fields(cls)
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    required = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     missing = [k for k in required if k not in d]
     if missing:
         raise InputError(f"{where}: missing key(s) {missing}")

@@ -124,7 +124,7 @@ def unwrap(obj, path="checkpoint") -> dict[str, torch.Tensor]:
     if not_tensors:
         raise InputError(f"{path}: not a state dict: {_abbrev(not_tensors)} hold no tensors")
     if all(k.startswith("module.") for k in obj):
-        obj = {k[len("module."):]: v for k, v in obj.items()}
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
     return dict(obj)
 
 
@@ -166,10 +166,10 @@ def to_timm(sd: dict, layout: str, classifier_name: str = "head") -> Converted:
         out = Converted(layout, {}, class_counts=sd.get("class_counts"))
         for k, v in sd.items():
             if k.startswith("backbone."):
-                out.backbone[k[len("backbone."):]] = v
+                out.backbone[k[len("backbone.") :]] = v
             elif k in ("head.weight", "head.margins"):
                 out.head_kind = "arcface"
-                out.head[k[len("head."):]] = v
+                out.head[k[len("head.") :]] = v
         _take_linear(out, classifier_name)
         return out
     if layout == "timm":
@@ -180,7 +180,9 @@ def to_timm(sd: dict, layout: str, classifier_name: str = "head") -> Converted:
     rules = _MMCLS_SWINV2 if layout == "mmcls-swinv2" else _MMCLS_VIT
     prefixed = any(k.startswith("backbone.") for k in sd)
     out = Converted(layout, {})
-    last_stage = max((int(m.group(1)) for k in sd if (m := re.match(r"^(?:backbone\.)?stages\.(\d+)\.", k))), default=-1)
+    last_stage = max(
+        (int(m.group(1)) for k in sd if (m := re.match(r"^(?:backbone\.)?stages\.(\d+)\.", k))), default=-1
+    )
     for k, v in sd.items():
         if k.startswith("head."):
             _mmcls_head(out, k, v)
@@ -188,7 +190,7 @@ def to_timm(sd: dict, layout: str, classifier_name: str = "head") -> Converted:
         if prefixed and not k.startswith("backbone."):
             out.dropped.append(k)  # neck (MAE decoder), data preprocessor, target generator
             continue
-        name = k[len("backbone."):] if prefixed else k
+        name = k[len("backbone.") :] if prefixed else k
         if layout == "mmcls-swinv2" and re.match(rf"^norm{last_stage}\.", name):
             name = "norm." + name.split(".", 1)[1]
         for pattern, repl in rules:
@@ -288,14 +290,14 @@ def _assemble(model, conv: Converted, mode: str, path):
     head_state = {head_keys[p]: v for p, v in conv.head.items() if conv.head_kind == model.cfg.head and p in head_keys}
     if mode == "pretrained":
         head_state.pop("head.margins", None)  # margins follow this training list's class counts
-    head_fits = bool(head_state) and all(
-        k in target and target[k].shape == v.shape for k, v in head_state.items()
-    )
+    head_fits = bool(head_state) and all(k in target and target[k].shape == v.shape for k, v in head_state.items())
     if head_fits or mode == "full":
         state.update(head_state)
     elif conv.head_kind:
-        notes.append(f"its {conv.head_kind} head ({_shapes(conv.head)}) does not fit this "
-                     f"{model.cfg.head} head: the head starts fresh")
+        notes.append(
+            f"its {conv.head_kind} head ({_shapes(conv.head)}) does not fit this "
+            f"{model.cfg.head} head: the head starts fresh"
+        )
     if mode == "full" and conv.class_counts is not None and "class_counts" in target:
         state["class_counts"] = conv.class_counts
     if mode == "full" and conv.head_kind and conv.head_kind != model.cfg.head:
@@ -324,8 +326,10 @@ def _assemble(model, conv: Converted, mode: str, path):
         if mismatched:
             shown = [f"{k} {tuple(state[k].shape)} vs model {tuple(target[k].shape)}" for k in mismatched]
             parts.append(f"{len(mismatched)} of another shape: {_abbrev(shown)}")
-        raise InputError(f"{path}: does not match {model.cfg.arch} with a {model.cfg.head} head "
-                         f"(read as {conv.layout} layout); " + "; ".join(parts))
+        raise InputError(
+            f"{path}: does not match {model.cfg.arch} with a {model.cfg.head} head "
+            f"(read as {conv.layout} layout); " + "; ".join(parts)
+        )
     for k in sorted(allowed_unexpected & set(state)):
         notes.append(f"left out {k} (the model has no such weight)")
         del state[k]
@@ -503,7 +507,14 @@ def convert_checkpoint(src, cfg, out, num_classes: int | None = None, train_list
     load_weights(model, src, mode="full", log=log, state_dict=sd)
     meta = {"converted_from": str(src), "layout": layout, "class_counts_from": str(train_list) if train_list else None}
     with atomic_path(out) as tmp:
-        torch.save({"state_dict": model.state_dict(), "config": json.dumps(cfg.to_dict()),
-                    "num_classes": found, "meta": json.dumps(meta)}, tmp)
+        torch.save(
+            {
+                "state_dict": model.state_dict(),
+                "config": json.dumps(cfg.to_dict()),
+                "num_classes": found,
+                "meta": json.dumps(meta),
+            },
+            tmp,
+        )
     log(f"{out}: {cfg.arch}, {cfg.head} head, {found} classes")
     return meta

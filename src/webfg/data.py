@@ -69,8 +69,12 @@ class SeededImageList(ImageList):
             try:
                 return super().__getitem__(i)
             except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for bad files
-                print(f"warning: skipping unreadable training image {self.root / self.samples[i][0]}: "
-                      f"{type(e).__name__}: {e}", file=sys.stderr, flush=True)
+                print(
+                    f"warning: skipping unreadable training image {self.root / self.samples[i][0]}: "
+                    f"{type(e).__name__}: {e}",
+                    file=sys.stderr,
+                    flush=True,
+                )
         raise OSError(f"{self.max_skips} consecutive unreadable images from {self.root / self.samples[index][0]} on")
 
 
@@ -88,8 +92,16 @@ class EpochSampler(torch.utils.data.Sampler):
     number of processes, so N ranks x batch B draw exactly what one process x N·B draws.
     """
 
-    def __init__(self, num_samples: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
-                 drop_last: bool = False, global_seeds: bool = False):
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+        global_seeds: bool = False,
+    ):
         self.n, self.batch_size, self.seed = num_samples, batch_size, seed
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         self.global_seeds = global_seeds
@@ -121,7 +133,7 @@ class EpochSampler(torch.utils.data.Sampler):
         padded = self.per_rank * self.world_size
         if padded > self.n:
             order = torch.cat([order, order[: padded - self.n]])
-        mine = order[self.rank::self.world_size].tolist()
+        mine = order[self.rank :: self.world_size].tolist()
         start = self.start_batch * self.batch_size
         stop = self.batches_per_epoch * self.batch_size if self.drop_last else len(mine)
         for pos in range(start, stop):

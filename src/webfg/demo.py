@@ -32,7 +32,7 @@ import sys
 import time
 import zlib
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -141,8 +141,18 @@ class SourceData:
 
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                 "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+FASHION_NAMES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 # The package's README lists them alphabetically; label order matches (checked by eye).
 ANIMAL_NAMES = ("Bear", "Bird", "Cat", "Cow", "Dog", "Elephant", "Giraffe", "Horse", "Sheep", "Zebra")
 DIGIT_NAMES = tuple(f"digit {d}" for d in range(10))
@@ -207,8 +217,9 @@ def _finish(images, labels, names, files) -> SourceData:
     images = np.ascontiguousarray(images, dtype=np.uint8)
     labels = np.asarray(labels, dtype=np.int64)
     if images.ndim != 3 or images.shape[1:] != (28, 28) or len(images) != len(labels):
-        raise InputError(f"{', '.join(files)}: expected (N, 28, 28) images and N labels, "
-                         f"got {images.shape} and {labels.shape}")
+        raise InputError(
+            f"{', '.join(files)}: expected (N, 28, 28) images and N labels, got {images.shape} and {labels.shape}"
+        )
     if labels.min() < 0 or labels.max() >= len(names):
         raise InputError(f"{', '.join(files)}: labels outside 0..{len(names) - 1}")
     images, labels, dropped = _dedupe(images, labels)
@@ -259,7 +270,7 @@ SOURCES = {
 }
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_source(name: str) -> SourceData:
     """Load (and cache) one source; arrays are read-only so the cache stays intact."""
     if name not in SOURCES:
@@ -345,8 +356,15 @@ def plan_demo(spec: DemoSpec, seed: int = 0) -> tuple[list[_File], dict]:
         for label in pick.labels:
             if not 0 <= label < len(data.class_names):
                 raise InputError(f"preset {spec.name!r}: {pick.source} has no label {label}")
-            classes.append({"id": len(classes), "source": pick.source, "source_label": label,
-                            "name": data.class_names[label], "train": pick.train_per_class})
+            classes.append(
+                {
+                    "id": len(classes),
+                    "source": pick.source,
+                    "source_label": label,
+                    "name": data.class_names[label],
+                    "train": pick.train_per_class,
+                }
+            )
     num_classes = len(classes)
     source_of = [c["source"] for c in classes]
 
@@ -360,11 +378,13 @@ def plan_demo(spec: DemoSpec, seed: int = 0) -> tuple[list[_File], dict]:
         sizes = {"train": c["train"], "testa": spec.testa_per_class, "testb": spec.testb_per_class}
         need = sum(sizes.values()) + spec.truncated
         if len(pool) < need:
-            raise InputError(f"preset {spec.name!r}: {c['source']} label {c['source_label']} has "
-                             f"{len(pool)} distinct images, {need} needed")
+            raise InputError(
+                f"preset {spec.name!r}: {c['source']} label {c['source_label']} has "
+                f"{len(pool)} distinct images, {need} needed"
+            )
         start = 0
         for split, n in sizes.items():
-            chosen[split] += [(c["id"], data.images[i]) for i in pool[start:start + n]]
+            chosen[split] += [(c["id"], data.images[i]) for i in pool[start : start + n]]
             start += n
         spare.append([data.images[i] for i in pool[start:]])
 
@@ -385,8 +405,8 @@ def plan_demo(spec: DemoSpec, seed: int = 0) -> tuple[list[_File], dict]:
         raise InputError(f"preset {spec.name!r}: more faults than labelled samples")
     order = rng.permutation(len(labelled))
     noisy = [labelled[i] for i in order[:n_noise]]
-    dup_sources = [labelled[i] for i in order[n_noise:n_noise + n_dup]]
-    conf_sources = [labelled[i] for i in order[n_noise + n_dup:n_noise + n_dup + n_conf]]
+    dup_sources = [labelled[i] for i in order[n_noise : n_noise + n_dup]]
+    conf_sources = [labelled[i] for i in order[n_noise + n_dup : n_noise + n_dup + n_conf]]
 
     for f in noisy:
         f.folder_label = _noisy_label(rng, f.true_label, source_of, spec.noise_same_source)
@@ -417,8 +437,11 @@ def plan_demo(spec: DemoSpec, seed: int = 0) -> tuple[list[_File], dict]:
         for i in members:
             f = files[i]
             stem = f"{ids[i]:08x}"
-            name = (f"img {stem} {ODD_NAME_WORDS[int(rng.integers(len(ODD_NAME_WORDS)))]}.{f.ext}"
-                    if i in odd else f"{stem}.{f.ext}")
+            name = (
+                f"img {stem} {ODD_NAME_WORDS[int(rng.integers(len(ODD_NAME_WORDS)))]}.{f.ext}"
+                if i in odd
+                else f"{stem}.{f.ext}"
+            )
             folder = f"train/{f.folder_label:04d}" if split == "train" else split
             f.relpath = f"{folder}/{name}"
 

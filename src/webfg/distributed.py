@@ -71,15 +71,26 @@ def detect(environ=None) -> DistEnv:
     env = os.environ if environ is None else environ
     if "WORLD_SIZE" in env and "RANK" in env:
         world = int(env["WORLD_SIZE"])
-        return DistEnv(int(env["RANK"]), world, int(env.get("LOCAL_RANK", 0)),
-                       env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", 29500)),
-                       "torchrun" if world > 1 else "none")
+        return DistEnv(
+            int(env["RANK"]),
+            world,
+            int(env.get("LOCAL_RANK", 0)),
+            env.get("MASTER_ADDR", "127.0.0.1"),
+            int(env.get("MASTER_PORT", 29500)),
+            "torchrun" if world > 1 else "none",
+        )
     if int(env.get("SLURM_STEP_NUM_TASKS", 1)) > 1 and "SLURM_PROCID" in env:
         nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or socket.gethostname()
         job_id = env.get("SLURM_JOB_ID", "0")
         port = int(env["MASTER_PORT"]) if "MASTER_PORT" in env else random.Random(job_id).randint(20000, 60000)
-        return DistEnv(int(env["SLURM_PROCID"]), int(env["SLURM_STEP_NUM_TASKS"]), int(env.get("SLURM_LOCALID", 0)),
-                       expand_hostlist(nodes)[0], port, "srun")
+        return DistEnv(
+            int(env["SLURM_PROCID"]),
+            int(env["SLURM_STEP_NUM_TASKS"]),
+            int(env.get("SLURM_LOCALID", 0)),
+            expand_hostlist(nodes)[0],
+            port,
+            "srun",
+        )
     return DistEnv()
 
 
@@ -96,19 +107,28 @@ def init(backend: str | None = None) -> DistEnv:
     try:
         socket.getaddrinfo(env.master_addr, env.master_port)
     except OSError as e:
-        raise InputError(f"distributed ({env.launcher}): master address {env.master_addr!r} does not resolve ({e})") from None
+        raise InputError(
+            f"distributed ({env.launcher}): master address {env.master_addr!r} does not resolve ({e})"
+        ) from None
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(env.local_rank % torch.cuda.device_count())
     timeout = datetime.timedelta(seconds=float(os.environ.get("WEBFG_DIST_TIMEOUT", 300)))
     try:
-        dist.init_process_group(backend, init_method=f"tcp://{env.master_addr}:{env.master_port}",
-                                rank=env.rank, world_size=env.world_size, timeout=timeout)
+        dist.init_process_group(
+            backend,
+            init_method=f"tcp://{env.master_addr}:{env.master_port}",
+            rank=env.rank,
+            world_size=env.world_size,
+            timeout=timeout,
+        )
     except Exception as e:  # DistNetworkError, RuntimeError (timeout), ...
-        raise InputError(f"distributed ({env.launcher}): rank {env.rank}/{env.world_size} could not reach the "
-                         f"master {env.master_addr}:{env.master_port} within {timeout.total_seconds():.0f}s "
-                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        raise InputError(
+            f"distributed ({env.launcher}): rank {env.rank}/{env.world_size} could not reach the "
+            f"master {env.master_addr}:{env.master_port} within {timeout.total_seconds():.0f}s "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from None
     return env
 
 

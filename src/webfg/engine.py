@@ -46,8 +46,10 @@ def resolve_accumulation(cfg, world_size: int, where: str = "model config") -> i
         return cfg.grad_accum
     per_update = cfg.batch_size * world_size
     if cfg.global_batch_size % per_update:
-        raise InputError(f"{where}.global_batch_size: {cfg.global_batch_size} is not a multiple of batch_size "
-                         f"{cfg.batch_size} x world size {world_size} = {per_update}")
+        raise InputError(
+            f"{where}.global_batch_size: {cfg.global_batch_size} is not a multiple of batch_size "
+            f"{cfg.batch_size} x world size {world_size} = {per_update}"
+        )
     return cfg.global_batch_size // per_update
 
 
@@ -86,8 +88,13 @@ def loader_workers(configured: int | None, cpus: int | None, device: torch.devic
 def make_loader(dataset, batch_size: int, workers: int, device: torch.device, sampler=None):
     """A DataLoader in the job's shape: pinned memory on GPUs, workers kept across epochs."""
     return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
-        pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
     )
 
 
@@ -119,6 +126,7 @@ class RunningStats:
     train_s: float = 0.0
     data_s: float = 0.0  # of train_s, the time spent waiting for the loader
 
+
 class Engine:
     """One model's optimisation from a (resumable) position to the end of an epoch.
 
@@ -128,14 +136,38 @@ class Engine:
     before each backward, so that what it collects from gradients does not depend on it.
     """
 
-    def __init__(self, *, model, net, optimizer, scheduler, loader, sampler, loss_fn, device, amp_dtype, accum: int,
-                 env, seed: int, state_dir, fingerprint: str, criterion=None, channels_last: bool = False,
-                 checkpoint_every: int = 0, log=print):
+    def __init__(
+        self,
+        *,
+        model,
+        net,
+        optimizer,
+        scheduler,
+        loader,
+        sampler,
+        loss_fn,
+        device,
+        amp_dtype,
+        accum: int,
+        env,
+        seed: int,
+        state_dir,
+        fingerprint: str,
+        criterion=None,
+        channels_last: bool = False,
+        checkpoint_every: int = 0,
+        log=print,
+    ):
         self.model, self.net, self.optimizer, self.scheduler = model, net, optimizer, scheduler
         self.loader, self.sampler, self.loss_fn = loader, sampler, loss_fn
         self.device, self.amp_dtype, self.accum, self.env, self.seed = device, amp_dtype, accum, env, seed
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-        self.criterion, self.channels_last, self.checkpoint_every, self.log = criterion, channels_last, checkpoint_every, log
+        self.criterion, self.channels_last, self.checkpoint_every, self.log = (
+            criterion,
+            channels_last,
+            checkpoint_every,
+            log,
+        )
         self.state_dir, self.fingerprint = Path(state_dir), fingerprint
         self.micro_steps = sampler.batches_per_epoch
         self.updates_per_epoch = -(-self.micro_steps // accum)
@@ -149,12 +181,20 @@ class Engine:
 
     # ---- state
     def state_dict(self) -> dict:
-        return {"fingerprint": self.fingerprint, "epoch": self.epoch, "step": self.step,
-                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "criterion": self.criterion.state_dict() if self.criterion is not None else {},
-                "history": json.dumps(self.history), "loss_sum": self.stats.loss_sum, "seen": self.stats.seen,
-                "train_s": self.stats.train_s, "data_s": self.stats.data_s}
+        return {
+            "fingerprint": self.fingerprint,
+            "epoch": self.epoch,
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "criterion": self.criterion.state_dict() if self.criterion is not None else {},
+            "history": json.dumps(self.history),
+            "loss_sum": self.stats.loss_sum,
+            "seen": self.stats.seen,
+            "train_s": self.stats.train_s,
+            "data_s": self.stats.data_s,
+        }
 
     def resume(self) -> bool:
         """Continue from ``state_dir/last.pt`` if it belongs to this run; create the directory."""
@@ -191,12 +231,17 @@ class Engine:
             self.stop.restore()
 
     def _signalled(self) -> int:
-        return int(distributed.all_reduce_sum(self.stop.signum, device=self.device)[0]) if self.env.enabled \
+        return (
+            int(distributed.all_reduce_sum(self.stop.signum, device=self.device)[0])
+            if self.env.enabled
             else self.stop.signum
+        )
 
     def _exit_saved(self) -> None:
         signum = self.stop.signum or signal.SIGTERM
-        self.log(f"{signal.Signals(signum).name}: saved {self.last} at epoch {self.epoch + 1} step {self.step}; exiting")
+        self.log(
+            f"{signal.Signals(signum).name}: saved {self.last} at epoch {self.epoch + 1} step {self.step}; exiting"
+        )
         request_requeue(self.env, signum, self.log)
         raise Preempted(PREEMPT_EXIT[signum])
 
@@ -209,8 +254,11 @@ class Engine:
         self.sampler.set_epoch(epoch, start)
         self.model.train()
         self._t0 = time.time()
-        bar = Progress(total=len(self.sampler) * env.world_size, desc=desc or f"epoch {epoch + 1}", unit="img") \
-            if env.is_main else None
+        bar = (
+            Progress(total=len(self.sampler) * env.world_size, desc=desc or f"epoch {epoch + 1}", unit="img")
+            if env.is_main
+            else None
+        )
         fetch_start = time.perf_counter()
         for step, (x, y) in enumerate(self.loader, start=start):
             try:
@@ -257,8 +305,9 @@ class Engine:
         self.optimizer.zero_grad(set_to_none=True)
         self.step = step + 1
         signalled = self._signalled()
-        if signalled or (self.checkpoint_every and (group + 1) % self.checkpoint_every == 0
-                         and self.step < micro_steps):
+        if signalled or (
+            self.checkpoint_every and (group + 1) % self.checkpoint_every == 0 and self.step < micro_steps
+        ):
             self.stats.train_s += time.time() - self._t0
             self._t0 = time.time()
             self.save()

@@ -56,8 +56,10 @@ def gpu_slots(n: int, log=print, timeout_s: float = 600.0, environ=None):
         return
     ids = machine_gpus(env)
     if n > len(ids):
-        raise InputError(f"the job asks for {n} GPU(s), this machine lends {len(ids)} ({','.join(ids) or 'none'}; "
-                         "WEBFG_GPU_IDS / CUDA_VISIBLE_DEVICES / /dev/nvidiaN)")
+        raise InputError(
+            f"the job asks for {n} GPU(s), this machine lends {len(ids)} ({','.join(ids) or 'none'}; "
+            "WEBFG_GPU_IDS / CUDA_VISIBLE_DEVICES / /dev/nvidiaN)"
+        )
     directory = lock_dir(env)
     directory.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + timeout_s
@@ -83,7 +85,7 @@ def gpu_slots(n: int, log=print, timeout_s: float = 600.0, environ=None):
         time.sleep(random.uniform(0.5, 2.0))
     devices = [gpu for gpu, _ in held]
     env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
-    for gpu, fd in held:
+    for _, fd in held:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
     log(f"GPU slots: CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']} start {time.time():.3f}")

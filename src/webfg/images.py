@@ -73,8 +73,15 @@ def decode_error(data: bytes) -> str | None:
     return None
 
 
-MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF87a": "GIF", b"GIF89a": "GIF",
-         b"BM": "BMP", b"II*\0": "TIFF", b"MM\0*": "TIFF"}
+MAGIC = {
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"\xff\xd8\xff": "JPEG",
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+    b"BM": "BMP",
+    b"II*\0": "TIFF",
+    b"MM\0*": "TIFF",
+}
 
 
 def _format_by_magic(data: bytes) -> str | None:

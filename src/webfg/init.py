@@ -55,11 +55,17 @@ class DatasetReport:
         ]
         if self.sizes:
             ws, hs = [w for w, _ in self.sizes], [h for _, h in self.sizes]
-            lines.append(f"  image sizes ({self.checked} decoded): width {min(ws)}-{max(ws)} (median "
-                         f"{statistics.median(ws):g}), height {min(hs)}-{max(hs)} (median {statistics.median(hs):g})")
+            lines.append(
+                f"  image sizes ({self.checked} decoded): width {min(ws)}-{max(ws)} (median "
+                f"{statistics.median(ws):g}), height {min(hs)}-{max(hs)} (median {statistics.median(hs):g})"
+            )
         if words:
-            lines.append("  class ids: " + ", ".join(f"{i}={n}" for i, n in enumerate(self.class_names[:8]))
-                         + (", ..." if len(c) > 8 else "") + " (results/clean/classes.tsv)")
+            lines.append(
+                "  class ids: "
+                + ", ".join(f"{i}={n}" for i, n in enumerate(self.class_names[:8]))
+                + (", ..." if len(c) > 8 else "")
+                + " (results/clean/classes.tsv)"
+            )
         lines += [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
@@ -81,8 +87,10 @@ def _probe(path: Path) -> tuple[tuple[int, int] | None, str | None]:
 def inspect_dataset(root, test_splits: list[str] | None = None, allow_broken_train: bool = False) -> DatasetReport:
     """Check ``root`` against the ACCV layout; raise InputError listing every problem found."""
     root = Path(root)
-    expected = ("expected <root>/train/<class>/<image> (class folders: ids 0000, 0001, ... or names) "
-                "and one flat folder of images per test split (testa/, testb/)")
+    expected = (
+        "expected <root>/train/<class>/<image> (class folders: ids 0000, 0001, ... or names) "
+        "and one flat folder of images per test split (testa/, testb/)"
+    )
     if not root.is_dir():
         raise InputError(f"{root}: not a folder; {expected}")
     entries = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir() if not p.name.startswith("."))
@@ -94,8 +102,10 @@ def inspect_dataset(root, test_splits: list[str] | None = None, allow_broken_tra
     folders = sorted(p for p in train.iterdir() if p.is_dir() and not p.name.startswith("."))
     loose = [p.name for p in train.iterdir() if not p.is_dir() and not p.name.startswith(".")]
     if loose:
-        warnings.append(f"{len(loose)} file(s) directly in train/ have no class (e.g. {sorted(loose)[0]}): "
-                        "clean_split lists them in removed.tsv; images belong in train/<class>/")
+        warnings.append(
+            f"{len(loose)} file(s) directly in train/ have no class (e.g. {sorted(loose)[0]}): "
+            "clean_split lists them in removed.tsv; images belong in train/<class>/"
+        )
     if not folders:
         raise InputError(f"{train}: no class folders (found {len(loose)} loose files); {expected}")
     ids = class_ids([p.name for p in folders], train)
@@ -107,25 +117,32 @@ def inspect_dataset(root, test_splits: list[str] | None = None, allow_broken_tra
     files = {n: image_files(train / n) for n in names}
     empty = [n for n in names if not files[n]]
     if empty:
-        problems.append(f"{train}: {len(empty)} empty class folder(s): {empty[:10]} (no image files; "
-                        "Thumbs.db, desktop.ini and hidden files do not count)")
+        problems.append(
+            f"{train}: {len(empty)} empty class folder(s): {empty[:10]} (no image files; "
+            "Thumbs.db, desktop.ini and hidden files do not count)"
+        )
     unread = [u for n in names for u in unread_files(root, train / n, "not read")]
     if unread:
-        warnings.append(f"{len(unread)} file(s) in class folders are not images clean_split reads "
-                        f"(e.g. {unread[0][0]}: {unread[0][1]}); they are listed in removed.tsv")
+        warnings.append(
+            f"{len(unread)} file(s) in class folders are not images clean_split reads "
+            f"(e.g. {unread[0][0]}: {unread[0][1]}); they are listed in removed.tsv"
+        )
     singles = [n for n in names if len(files[n]) == 1]
     if singles:
         warnings.append(f"{len(singles)} class(es) with a single image (no val image for them): {singles[:5]}")
 
     if test_splits is None:
-        test_splits = sorted(p.name for p in root.iterdir()
-                             if p.is_dir() and not p.name.startswith(".") and p.name not in NOT_TEST)
+        test_splits = sorted(
+            p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in NOT_TEST
+        )
         if not test_splits:
             problems.append(f"{root}: no test split folder next to train/ (found {entries}); {expected}")
         elif len(test_splits) < 2:
-            warnings.append(f"found {len(test_splits)} test split folder ({', '.join(test_splits)}); the ACCV "
-                            "layout has two (testa/, testb/): the config predicts and submits only "
-                            f"{', '.join(test_splits)}")
+            warnings.append(
+                f"found {len(test_splits)} test split folder ({', '.join(test_splits)}); the ACCV "
+                "layout has two (testa/, testb/): the config predicts and submits only "
+                f"{', '.join(test_splits)}"
+            )
     test_files = {}
     for split in test_splits:
         folder = root / split
@@ -153,13 +170,19 @@ def inspect_dataset(root, test_splits: list[str] | None = None, allow_broken_tra
             (broken_test if is_test else broken_train).append(f"{path.relative_to(root).as_posix()}: {err}")
     if broken_test:
         more = f"; and {len(broken_test) - 5} more" if len(broken_test) > 5 else ""
-        problems.append(f"{len(broken_test)} unreadable test image(s) (every test image must decode): "
-                        + "; ".join(broken_test[:5]) + more)
+        problems.append(
+            f"{len(broken_test)} unreadable test image(s) (every test image must decode): "
+            + "; ".join(broken_test[:5])
+            + more
+        )
     sampled_train = sum(1 for _, is_test in sample if not is_test)
     if broken_train:
         more = f"; and {len(broken_train) - 5} more" if len(broken_train) > 5 else ""
-        msg = (f"{len(broken_train)} of {sampled_train} decoded training image(s) unreadable: "
-               + "; ".join(broken_train[:5]) + more)
+        msg = (
+            f"{len(broken_train)} of {sampled_train} decoded training image(s) unreadable: "
+            + "; ".join(broken_train[:5])
+            + more
+        )
         if allow_broken_train:
             warnings.append(msg + " (clean_split will drop them: --allow-broken)")
         else:
@@ -169,15 +192,25 @@ def inspect_dataset(root, test_splits: list[str] | None = None, allow_broken_tra
     counts = [sum(f.relative_to(root).as_posix() not in broken_paths for f in files[n]) for n in names]
     emptied = [n for n, c in zip(names, counts) if c == 0 and files[n]]
     if emptied and step == 1:
-        problems.append(f"{train}: class folder(s) {emptied[:10]} hold no readable image (clean_split "
-                        "would leave them empty)")
+        problems.append(
+            f"{train}: class folder(s) {emptied[:10]} hold no readable image (clean_split would leave them empty)"
+        )
     if problems:
         raise InputError(f"{root}: not usable as it is; nothing written.\n  " + "\n  ".join(problems))
     if step > 1:
-        warnings.append(f"decoded an even sample of {len(sample)} of {len(all_paths)} images; "
-                        "clean_split decodes all of them")
-    return DatasetReport(root, names, counts, {s: len(f) for s, f in test_files.items()}, sizes,
-                         checked=len(sample), broken=broken_train, warnings=warnings)
+        warnings.append(
+            f"decoded an even sample of {len(sample)} of {len(all_paths)} images; clean_split decodes all of them"
+        )
+    return DatasetReport(
+        root,
+        names,
+        counts,
+        {s: len(f) for s, f in test_files.items()},
+        sizes,
+        checked=len(sample),
+        broken=broken_train,
+        warnings=warnings,
+    )
 
 
 # ------------------------------------------------------------------ the config
@@ -191,73 +224,88 @@ def _yaml(value) -> str:
 
 def _cpu_models(img: int) -> dict[str, tuple[dict, str]]:
     """The demo's two CPU-trainable families (from scratch), at ``img`` pixels."""
-    common = {"img_size": (img, "train/test resolution (pixels)"),
-              "epochs": (8, "passes over the training list per round"),
-              "batch_size": (64, "images per step"),
-              "base_lr": (0.016, "learning rate per 1,024 images (lr = base_lr x batch / 1024)"),
-              "min_lr": (1.0e-5, "end of the cosine schedule"),
-              "warmup_epochs": (1, "linear warm-up"),
-              "hflip": (0.5, "horizontal flip probability (0 for text, digits, asymmetric objects)"),
-              "tta_flip": (True, "average predictions with the mirrored image"),
-              "crop_scale": ([0.6, 1.0], "RandomResizedCrop area range"),
-              "test_crop_pct": (1.0, "resize to img_size, no crop"),
-              "randaugment": (None, "null: RandAugment hurts small models trained from scratch"),
-              "soup_last": (2, "average the weights of the last N epochs")}
-    swin = {"arch": ("swinv2_tiny_window8_256", "timm model name"),
-            "arch_kwargs": ({"img_size": img, "window_size": 4, "embed_dim": 32, "depths": [2, 2, 2, 2],
-                             "num_heads": [2, 4, 8, 16]}, "a small Swin-V2 that trains on CPU"),
-            "head": ("arcface", "sub-centre ArcFace with adaptive margins + SoftmaxEQL"),
-            "margin_max": (0.2, "the recipe's 0.5 slows learning from scratch"),
-            **common,
-            "resources": (None, "")}
-    vit = {"arch": ("vit_tiny_r_s16_p8_224", "ResNet stem + ViT: learns from scratch on CPU"),
-           "arch_kwargs": ({"img_size": img, "patch_size": 2, "depth": 4}, "a small hybrid ViT"),
-           "head": ("linear", "linear head, label smoothing, logit adjustment at inference"),
-           "mixup_alpha": (0.0, "Mixup/CutMix off: too slow to learn from scratch in few epochs"),
-           "cutmix_alpha": (0.0, "see mixup_alpha"),
-           **common,
-           "resources": (None, "")}
+    common = {
+        "img_size": (img, "train/test resolution (pixels)"),
+        "epochs": (8, "passes over the training list per round"),
+        "batch_size": (64, "images per step"),
+        "base_lr": (0.016, "learning rate per 1,024 images (lr = base_lr x batch / 1024)"),
+        "min_lr": (1.0e-5, "end of the cosine schedule"),
+        "warmup_epochs": (1, "linear warm-up"),
+        "hflip": (0.5, "horizontal flip probability (0 for text, digits, asymmetric objects)"),
+        "tta_flip": (True, "average predictions with the mirrored image"),
+        "crop_scale": ([0.6, 1.0], "RandomResizedCrop area range"),
+        "test_crop_pct": (1.0, "resize to img_size, no crop"),
+        "randaugment": (None, "null: RandAugment hurts small models trained from scratch"),
+        "soup_last": (2, "average the weights of the last N epochs"),
+    }
+    swin = {
+        "arch": ("swinv2_tiny_window8_256", "timm model name"),
+        "arch_kwargs": (
+            {"img_size": img, "window_size": 4, "embed_dim": 32, "depths": [2, 2, 2, 2], "num_heads": [2, 4, 8, 16]},
+            "a small Swin-V2 that trains on CPU",
+        ),
+        "head": ("arcface", "sub-centre ArcFace with adaptive margins + SoftmaxEQL"),
+        "margin_max": (0.2, "the recipe's 0.5 slows learning from scratch"),
+        **common,
+        "resources": (None, ""),
+    }
+    vit = {
+        "arch": ("vit_tiny_r_s16_p8_224", "ResNet stem + ViT: learns from scratch on CPU"),
+        "arch_kwargs": ({"img_size": img, "patch_size": 2, "depth": 4}, "a small hybrid ViT"),
+        "head": ("linear", "linear head, label smoothing, logit adjustment at inference"),
+        "mixup_alpha": (0.0, "Mixup/CutMix off: too slow to learn from scratch in few epochs"),
+        "cutmix_alpha": (0.0, "see mixup_alpha"),
+        **common,
+        "resources": (None, ""),
+    }
     return {"swin_arc": (swin, "Swin-V2 family"), "vit_linear": (vit, "hybrid ViT family")}
 
 
 def _gpu_models(pretrained_dir: Path) -> dict[str, tuple[dict, str]]:
     """The recipe's Swin-V2-B (ArcFace) and ViT-L (linear) fine-tuned from local checkpoints."""
+
     def ckpt(name):
         path = pretrained_dir / f"{name}.pth"
         if path.exists():
             return path.as_posix(), "local checkpoint to fine-tune from"
         return None, f"null: trains from scratch; put {path.as_posix()} here and set this to fine-tune (recommended)"
 
-    swin = {"arch": ("swinv2_base_window12to24_192to384", "timm model name"),
-            "arch_kwargs": ({"img_size": 384}, "fine-tuned at 384 px"),
-            "pretrained_file": ckpt("swinv2_base_patch4_window12_192_22k"),
-            "head": ("arcface", "sub-centre ArcFace with adaptive margins + SoftmaxEQL"),
-            "img_size": (384, "train/test resolution (pixels)"),
-            "epochs": (20, "passes over the training list per round"),
-            "batch_size": (16, "images per GPU step"),
-            "base_lr": (1.0e-4, "learning rate per 1,024 images"),
-            "min_lr": (1.0e-5, "end of the cosine schedule"),
-            "warmup_epochs": (2, "linear warm-up"),
-            "warmup_lr_ratio": (1.0e-3, "warm-up starts at base_lr x this"),
-            "drop_path": (0.2, "stochastic depth"),
-            "test_crop_pct": (1.0, "resize to 384, no crop"),
-            "soup_last": (5, "average the weights of the last N epochs"),
-            "resources": (None, "")}
-    vit = {"arch": ("vit_large_patch16_224", "timm model name"),
-           "arch_kwargs": ({"img_size": 448, "global_pool": "avg", "class_token": False, "fc_norm": True},
-                           "ViT-L/16 at 448 px, average-pooled tokens"),
-           "pretrained_file": ckpt("mae_vit_large_train_testa_1600e"),
-           "head": ("linear", "linear head, label smoothing, Mixup/CutMix, logit adjustment"),
-           "img_size": (448, "train/test resolution (pixels)"),
-           "epochs": (30, "passes over the training list per round"),
-           "batch_size": (16, "images per GPU step"),
-           "base_lr": (1.0e-3, "learning rate per 1,024 images"),
-           "min_lr": (1.0e-6, "end of the cosine schedule"),
-           "warmup_epochs": (5, "linear warm-up"),
-           "layer_decay": (0.75, "layer-wise lr decay for a pretrained ViT"),
-           "drop_path": (0.1, "stochastic depth"),
-           "test_crop_pct": (0.875, "short side 512, centre crop 448"),
-           "resources": (None, "")}
+    swin = {
+        "arch": ("swinv2_base_window12to24_192to384", "timm model name"),
+        "arch_kwargs": ({"img_size": 384}, "fine-tuned at 384 px"),
+        "pretrained_file": ckpt("swinv2_base_patch4_window12_192_22k"),
+        "head": ("arcface", "sub-centre ArcFace with adaptive margins + SoftmaxEQL"),
+        "img_size": (384, "train/test resolution (pixels)"),
+        "epochs": (20, "passes over the training list per round"),
+        "batch_size": (16, "images per GPU step"),
+        "base_lr": (1.0e-4, "learning rate per 1,024 images"),
+        "min_lr": (1.0e-5, "end of the cosine schedule"),
+        "warmup_epochs": (2, "linear warm-up"),
+        "warmup_lr_ratio": (1.0e-3, "warm-up starts at base_lr x this"),
+        "drop_path": (0.2, "stochastic depth"),
+        "test_crop_pct": (1.0, "resize to 384, no crop"),
+        "soup_last": (5, "average the weights of the last N epochs"),
+        "resources": (None, ""),
+    }
+    vit = {
+        "arch": ("vit_large_patch16_224", "timm model name"),
+        "arch_kwargs": (
+            {"img_size": 448, "global_pool": "avg", "class_token": False, "fc_norm": True},
+            "ViT-L/16 at 448 px, average-pooled tokens",
+        ),
+        "pretrained_file": ckpt("mae_vit_large_train_testa_1600e"),
+        "head": ("linear", "linear head, label smoothing, Mixup/CutMix, logit adjustment"),
+        "img_size": (448, "train/test resolution (pixels)"),
+        "epochs": (30, "passes over the training list per round"),
+        "batch_size": (16, "images per GPU step"),
+        "base_lr": (1.0e-3, "learning rate per 1,024 images"),
+        "min_lr": (1.0e-6, "end of the cosine schedule"),
+        "warmup_epochs": (5, "linear warm-up"),
+        "layer_decay": (0.75, "layer-wise lr decay for a pretrained ViT"),
+        "drop_path": (0.1, "stochastic depth"),
+        "test_crop_pct": (0.875, "short side 512, centre crop 448"),
+        "resources": (None, ""),
+    }
     return {"swinv2_b_arc": (swin, "Swin-V2-B family"), "vit_l_ce": (vit, "ViT-L family")}
 
 
@@ -269,8 +317,10 @@ def _resources(n_train: int, model: dict, gpu: bool) -> tuple[dict, str]:
         return {"gpus": 0, "mem_mb": 8000, "runtime": minutes}, "CPU job; runtime with 50 % headroom"
     gpus = 8 if n_train > 200_000 else 4 if n_train > 50_000 else 1
     minutes = math.ceil(n_train * epochs / (60 * gpus) / 60 * 1.5) + 30  # ~60 img/s per GPU at 384-448 px
-    return ({"gpus": gpus, "mem_mb": 32000 * gpus, "runtime": minutes},
-            f"{gpus} GPU(s) for {n_train} images; runtime estimated at ~60 img/s per GPU, 50 % headroom")
+    return (
+        {"gpus": gpus, "mem_mb": 32000 * gpus, "runtime": minutes},
+        f"{gpus} GPU(s) for {n_train} images; runtime estimated at ~60 img/s per GPU, 50 % headroom",
+    )
 
 
 def build_config(report: DatasetReport, data_root: str, pretrained_dir: Path = Path("pretrained")) -> str:
@@ -293,8 +343,13 @@ def build_config(report: DatasetReport, data_root: str, pretrained_dir: Path = P
         prev = rounds[-1][0]
         suffix = split.removeprefix("test")  # testa -> a1, testb -> b1 (the recipe's names)
         name = f"{suffix}1" if suffix.isalpha() and f"{suffix}1" not in {r for r, _, _ in rounds} else f"p{i + 1}"
-        rounds.append((name, {"models": names, "pseudo": {"from": prev, "splits": splits[: i + 1], "threshold": 0.45}},
-                       f"cleaned list + pseudo-labels of {prev} on {' + '.join(splits[: i + 1])}"))
+        rounds.append(
+            (
+                name,
+                {"models": names, "pseudo": {"from": prev, "splits": splits[: i + 1], "threshold": 0.45}},
+                f"cleaned list + pseudo-labels of {prev} on {' + '.join(splits[: i + 1])}",
+            )
+        )
     last = rounds[-1][0]
 
     out = [
@@ -386,6 +441,8 @@ def init(data_dir, out, test_splits=None, force: bool = False, allow_broken: boo
     text = build_config(report, str(data_dir))
     config = check_config_text(text)
     write_text(out, text)
-    log(f"wrote {out}: {len(config['models'])} models, rounds {', '.join(config['rounds'])}; "
-        f"run: snakemake --configfile {out}")
+    log(
+        f"wrote {out}: {len(config['models'])} models, rounds {', '.join(config['rounds'])}; "
+        f"run: snakemake --configfile {out}"
+    )
     return config

@@ -18,8 +18,8 @@ import os
 import re
 import sys
 import tempfile
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -129,8 +129,10 @@ def read_split_lines(path, num_classes: int | None = None, labelled: bool = True
         control = next((c for c in line if ord(c) < 32 and c != "\t" or c == "\x7f"), None)
         if control is not None:
             what = "NUL byte" if control == "\0" else f"control character {control!r}"
-            raise InputError(f"{where}: {what} in the line (binary data?); expected "
-                             + ("'<path> <label>'" if labelled else "'<path>'"))
+            raise InputError(
+                f"{where}: {what} in the line (binary data?); expected "
+                + ("'<path> <label>'" if labelled else "'<path>'")
+            )
         if not line.strip():
             continue
         if not labelled:
@@ -233,8 +235,10 @@ def read_yaml(path: str | os.PathLike):
                     except TypeError:  # unhashable key: SafeLoader's own error follows
                         continue
                     if seen:
-                        raise InputError(f"{path}:{key_node.start_mark.line + 1}: duplicate key {key!r} "
-                                         f"(first at line {first_line[key]}); each key may appear once")
+                        raise InputError(
+                            f"{path}:{key_node.start_mark.line + 1}: duplicate key {key!r} "
+                            f"(first at line {first_line[key]}); each key may appear once"
+                        )
                     first_line[key] = key_node.start_mark.line + 1
             return super().construct_mapping(node, deep)
 

@@ -29,7 +29,9 @@ def read_legacy_result(path) -> tuple[list[str], np.ndarray]:
         raise InputError(f"{path}: cannot read ({e.strerror})") from None
     if isinstance(obj, dict) and {"filename", "scores"} <= set(obj):
         names, scores = list(obj["filename"]), np.asarray(obj["scores"])
-    elif isinstance(obj, dict) and obj and all(isinstance(k, str) and isinstance(v, np.ndarray) for k, v in obj.items()):
+    elif (
+        isinstance(obj, dict) and obj and all(isinstance(k, str) and isinstance(v, np.ndarray) for k, v in obj.items())
+    ):
         # the ensembled {file name: scores} dict (--dump-all)
         names = list(obj)
         try:
@@ -45,8 +47,10 @@ def read_legacy_result(path) -> tuple[list[str], np.ndarray]:
         except ValueError:
             raise InputError(f"{path}: entries have scores of different lengths") from None
     else:
-        raise InputError(f"{path}: expected a list of {{'filename', 'scores'}} dicts (the original's result file) "
-                         "or a {file name: scores} dict")
+        raise InputError(
+            f"{path}: expected a list of {{'filename', 'scores'}} dicts (the original's result file) "
+            "or a {file name: scores} dict"
+        )
     if scores.ndim != 2 or len(names) != scores.shape[0] or not np.issubdtype(scores.dtype, np.number):
         raise InputError(f"{path}: {len(names)} file names for scores of shape {scores.shape}")
     if not all(isinstance(n, str) for n in names):
@@ -56,8 +60,10 @@ def read_legacy_result(path) -> tuple[list[str], np.ndarray]:
     bad |= ~(np.abs(scores.sum(1, dtype=np.float64) - 1) <= ROW_SUM_TOLERANCE)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise InputError(f"{path}: row {row} ({names[row]}) has NaN, inf or negative scores or does not sum "
-                         f"to 1 (+-{ROW_SUM_TOLERANCE}): expected softmax probabilities")
+        raise InputError(
+            f"{path}: row {row} ({names[row]}) has NaN, inf or negative scores or does not sum "
+            f"to 1 (+-{ROW_SUM_TOLERANCE}): expected softmax probabilities"
+        )
     if len(set(names)) != len(names):
         raise InputError(f"{path}: a file name appears twice")
     return names, scores
@@ -77,7 +83,12 @@ def import_legacy(path, out_stem, split: str = "testb") -> dict:
         accuracy = accuracy_from_filename(path)
     except InputError:
         accuracy = None
-    meta = {"model": Path(path).stem, "split": split, "val_accuracy": accuracy,
-            "source": str(path), "accuracy_source": "file name (legacy)"}
+    meta = {
+        "model": Path(path).stem,
+        "split": split,
+        "val_accuracy": accuracy,
+        "source": str(path),
+        "accuracy_source": "file name (legacy)",
+    }
     save_predictions(out_stem, scores, rows, meta)
     return meta

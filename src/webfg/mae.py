@@ -40,7 +40,13 @@ from webfg.checkpoint import fingerprint, save_torch
 from webfg.config import MAEConfig
 from webfg.data import EpochSampler, SeededImageList
 from webfg.engine import (
-    Engine, head_lr, loader_workers, make_loader, resolve_accumulation, resolve_precision, threads_per_process,
+    Engine,
+    head_lr,
+    loader_workers,
+    make_loader,
+    resolve_accumulation,
+    resolve_precision,
+    threads_per_process,
 )
 from webfg.io import InputError, read_split_list
 
@@ -65,8 +71,10 @@ class MaskedAutoencoder(nn.Module):
         self.grid = tuple(encoder.patch_embed.grid_size)
         img = tuple(encoder.patch_embed.img_size)
         if img != (cfg.img_size, cfg.img_size) or img[0] % self.grid[0] or img[1] % self.grid[1]:
-            raise ValueError(f"{cfg.arch}: img_size {cfg.img_size} must equal the model's {img}, "
-                             f"a multiple of its token grid {self.grid}")
+            raise ValueError(
+                f"{cfg.arch}: img_size {cfg.img_size} must equal the model's {img}, "
+                f"a multiple of its token grid {self.grid}"
+            )
         self.patch = (img[0] // self.grid[0], img[1] // self.grid[1])  # pixels per token
         self.num_prefix = encoder.num_prefix_tokens
         dim, ddim = encoder.embed_dim, cfg.decoder_dim
@@ -74,7 +82,7 @@ class MaskedAutoencoder(nn.Module):
         # fixed sin-cos positions; the class/register slots (if in the table) stay zero
         with torch.no_grad():
             table = build_sincos2d_pos_embed(list(self.grid), dim)
-            encoder.pos_embed[:, -table.shape[0]:] = table
+            encoder.pos_embed[:, -table.shape[0] :] = table
             encoder.pos_embed[:, : encoder.pos_embed.shape[1] - table.shape[0]] = 0
         encoder.pos_embed.requires_grad_(False)
 
@@ -121,7 +129,7 @@ class MaskedAutoencoder(nn.Module):
         pixel_mask = visible.view(-1, 1, *self.grid)
         pixel_mask = pixel_mask.repeat_interleave(self.patch[0], 2).repeat_interleave(self.patch[1], 3)
         x = enc._pos_embed(enc.patch_embed(imgs * pixel_mask))  # positions before dropping tokens
-        prefix, tokens = x[:, : self.num_prefix], x[:, self.num_prefix:]
+        prefix, tokens = x[:, : self.num_prefix], x[:, self.num_prefix :]
         tokens = tokens.gather(1, keep[..., None].expand(-1, -1, tokens.shape[-1]))
         x = enc.norm_pre(torch.cat([prefix, tokens], dim=1))
         return enc.norm(enc.blocks(x))
@@ -129,12 +137,12 @@ class MaskedAutoencoder(nn.Module):
     def decode(self, latent: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """Pixel predictions (B, N, ph*pw*3) for every patch, visible or not."""
         x = self.decoder_embed(self.decoder_norm_in(latent))
-        prefix, visible = x[:, : self.num_prefix], x[:, self.num_prefix:]
+        prefix, visible = x[:, : self.num_prefix], x[:, self.num_prefix :]
         full = self.mask_token.to(x.dtype).expand(x.shape[0], self.num_patches, -1)
         full = full.scatter(1, keep[..., None].expand(-1, -1, x.shape[-1]), visible)
         x = torch.cat([prefix, full + self.decoder_pos_embed], dim=1)
         x = self.decoder_norm(self.decoder_blocks(x))
-        return self.decoder_pred(x[:, self.num_prefix:])
+        return self.decoder_pred(x[:, self.num_prefix :])
 
     def forward(self, imgs: torch.Tensor, keep: torch.Tensor | None = None):
         """Loss on the masked patches, the predictions and the mask (B, N; 1 = masked)."""
@@ -166,9 +174,16 @@ def pretrain_transform(cfg: MAEConfig):
     from timm.data import create_transform
 
     return create_transform(
-        input_size=cfg.img_size, is_training=True, scale=cfg.crop_scale, hflip=cfg.hflip,
-        color_jitter=None, auto_augment=None, re_prob=0.0, interpolation="bicubic",
-        mean=cfg.mean, std=cfg.std,
+        input_size=cfg.img_size,
+        is_training=True,
+        scale=cfg.crop_scale,
+        hflip=cfg.hflip,
+        color_jitter=None,
+        auto_augment=None,
+        re_prob=0.0,
+        interpolation="bicubic",
+        mean=cfg.mean,
+        std=cfg.std,
     )
 
 
@@ -225,43 +240,75 @@ def pretrain(
     no_decay = {"mask_token", *(f"encoder.{n}" for n in model.encoder.no_weight_decay())}
     optimizer = create_optimizer_v2(
         param_groups_weight_decay(model, cfg.weight_decay, no_decay),
-        opt="adamw", lr=lr, weight_decay=cfg.weight_decay, betas=cfg.betas,
+        opt="adamw",
+        lr=lr,
+        weight_decay=cfg.weight_decay,
+        betas=cfg.betas,
     )
     train_set = MaskedImageList(data_root, relpaths, pretrain_transform(cfg), model.num_patches)
-    sampler = EpochSampler(len(train_set), cfg.batch_size, cfg.seed, env.rank, env.world_size, drop_last=True,
-                           global_seeds=True)
+    sampler = EpochSampler(
+        len(train_set), cfg.batch_size, cfg.seed, env.rank, env.world_size, drop_last=True, global_seeds=True
+    )
     if sampler.batches_per_epoch == 0:
-        raise InputError(f"{', '.join(map(str, lists))}: {len(relpaths)} images is less than one batch of "
-                         f"{cfg.batch_size} per process x {env.world_size} processes")
+        raise InputError(
+            f"{', '.join(map(str, lists))}: {len(relpaths)} images is less than one batch of "
+            f"{cfg.batch_size} per process x {env.world_size} processes"
+        )
 
     def loss_fn(net, x, noise):
         return net(x, model.keep_from_noise(noise))[0]
 
     engine = Engine(
-        model=model, net=wrap(model, env, device), optimizer=optimizer,
-        scheduler=build_scheduler(optimizer, cfg.epochs, cfg.warmup_epochs, lr, cfg.warmup_lr_ratio, cfg.min_lr,
-                                  -(-sampler.batches_per_epoch // accum)),
-        loader=make_loader(train_set, cfg.batch_size, workers, device, sampler), sampler=sampler, loss_fn=loss_fn,
-        device=device, amp_dtype=resolve_precision(cfg.precision, device), accum=accum, env=env, seed=cfg.seed,
-        state_dir=state_dir, fingerprint=fingerprint(cfg, lists, "mae"), checkpoint_every=cfg.checkpoint_every,
+        model=model,
+        net=wrap(model, env, device),
+        optimizer=optimizer,
+        scheduler=build_scheduler(
+            optimizer,
+            cfg.epochs,
+            cfg.warmup_epochs,
+            lr,
+            cfg.warmup_lr_ratio,
+            cfg.min_lr,
+            -(-sampler.batches_per_epoch // accum),
+        ),
+        loader=make_loader(train_set, cfg.batch_size, workers, device, sampler),
+        sampler=sampler,
+        loss_fn=loss_fn,
+        device=device,
+        amp_dtype=resolve_precision(cfg.precision, device),
+        accum=accum,
+        env=env,
+        seed=cfg.seed,
+        state_dir=state_dir,
+        fingerprint=fingerprint(cfg, lists, "mae"),
+        checkpoint_every=cfg.checkpoint_every,
         log=log,
     )
     engine.resume()
 
     with engine.stop_signals():
         n_params = sum(p.numel() for p in model.encoder.parameters()) / 1e6
-        log(f"MAE {cfg.arch}: encoder {n_params:.2f}M params, {model.num_patches} patches of {model.patch} px, "
+        log(
+            f"MAE {cfg.arch}: encoder {n_params:.2f}M params, {model.num_patches} patches of {model.patch} px, "
             f"mask {cfg.mask_ratio}, decoder {cfg.decoder_depth}x{cfg.decoder_dim}; {len(relpaths)} images, "
             f"{env.world_size} process(es) on {device.type} ({env.launcher}), batch {cfg.batch_size} x "
             f"{env.world_size} x accum {accum} = {effective_batch}, lr {lr:.2e}, {engine.updates_per_epoch} "
-            f"updates/epoch, threads {torch.get_num_threads()}, loader workers {workers}")
+            f"updates/epoch, threads {torch.get_num_threads()}, loader workers {workers}"
+        )
         t_start = time.time()
         for epoch in range(engine.epoch, cfg.epochs):
             engine.train_one_epoch(epoch, desc=f"MAE epoch {epoch + 1}/{cfg.epochs}")
             loss, seen, speed = engine.epoch_totals()
             log(f"epoch {epoch + 1}/{cfg.epochs} loss {loss:.4f} {speed:.0f} img/s")
-            engine.end_epoch({"epoch": epoch + 1, "train_loss": loss, "lr": head_lr(optimizer),
-                              "images_per_s": speed, "data_wait": round(engine.data_wait(), 4)})
+            engine.end_epoch(
+                {
+                    "epoch": epoch + 1,
+                    "train_loss": loss,
+                    "lr": head_lr(optimizer),
+                    "images_per_s": speed,
+                    "data_wait": round(engine.data_wait(), 4),
+                }
+            )
 
         log(f"pre-trained {cfg.epochs} epochs ({time.time() - t_start:.0f}s this run) -> {out_path}")
         if env.is_main:
@@ -269,8 +316,13 @@ def pretrain(
             save_torch({k: v.cpu() for k, v in model.encoder_state_dict().items()}, out_path)
             shutil.rmtree(state_dir, ignore_errors=True)
         distributed.barrier()
-    return {"epochs": cfg.epochs, "num_images": len(relpaths), "final_loss": engine.history[-1]["train_loss"],
-            "world_size": env.world_size, "effective_batch": effective_batch}
+    return {
+        "epochs": cfg.epochs,
+        "num_images": len(relpaths),
+        "final_loss": engine.history[-1]["train_loss"],
+        "world_size": env.world_size,
+        "effective_batch": effective_batch,
+    }
 
 
 def load_mae_config(path) -> MAEConfig:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import re
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 import matplotlib
 
@@ -88,10 +88,15 @@ def plot_pseudo_yield(yield_tsv, threshold: float, out_png, title: str = "") -> 
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
     ax.plot(ts, frac, "o-", color="tab:green", ms=3)
     at = min(range(len(ts)), key=lambda i: abs(ts[i] - threshold))  # the sweep's nearest row
-    ax.axvline(threshold, color="tab:red", ls="--",
-               label=f"chosen threshold {threshold:g}: {kept[at]} kept ({frac[at]:.0%})")
-    ax.set(xlabel="confidence threshold (max probability >)", ylabel="fraction kept", ylim=(0, 1.02),
-           title=title or "pseudo-label yield")
+    ax.axvline(
+        threshold, color="tab:red", ls="--", label=f"chosen threshold {threshold:g}: {kept[at]} kept ({frac[at]:.0%})"
+    )
+    ax.set(
+        xlabel="confidence threshold (max probability >)",
+        ylabel="fraction kept",
+        ylim=(0, 1.02),
+        title=title or "pseudo-label yield",
+    )
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left")
     _save(fig, out_png)
@@ -157,4 +162,3 @@ def plot_round_accuracy(summary_tsv, out_png) -> dict[str, dict[str, float]]:
     ax.legend()
     _save(fig, out_png)
     return data
-

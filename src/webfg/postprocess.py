@@ -16,9 +16,9 @@ import os
 import re
 import threading
 import zipfile
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -107,14 +107,18 @@ def _open_members(stems: Sequence[str | os.PathLike]) -> list[Prediction]:
         if m.shape[1] != first.shape[1]:
             raise InputError(f"{m.npy} has {m.shape[1]} classes but {first.npy} has {first.shape[1]}")
         if m.shape[0] != first.shape[0]:
-            raise InputError(f"{m.npy} has {m.shape[0]} rows but {first.npy} has {first.shape[0]}: "
-                             "an ensemble needs predictions of the same images")
+            raise InputError(
+                f"{m.npy} has {m.shape[0]} rows but {first.npy} has {first.shape[0]}: "
+                "an ensemble needs predictions of the same images"
+            )
         if m.relpaths != first.relpaths:
             if set(m.relpaths) == set(first.relpaths):
                 raise InputError(f"row order of {m.rows_path} differs from {first.rows_path}")
             i = next(i for i, (a, b) in enumerate(zip(m.relpaths, first.relpaths)) if a != b)
-            raise InputError(f"{m.rows_path}:{i + 1}: row {m.relpaths[i]!r} is not in {first.rows_path} "
-                             "(an ensemble needs predictions of the same images)")
+            raise InputError(
+                f"{m.rows_path}:{i + 1}: row {m.relpaths[i]!r} is not in {first.rows_path} "
+                "(an ensemble needs predictions of the same images)"
+            )
     return members
 
 
@@ -129,8 +133,14 @@ def _inputs_fit_in_memory(members: Sequence[Prediction]) -> bool:
     return total < 0.8 * avail
 
 
-def weighted_pass(members: Sequence[Prediction], scales: np.ndarray, consume, chunk_rows: int = CHUNK_ROWS,
-                  threads: int | None = None, check_sums: bool = True) -> None:
+def weighted_pass(
+    members: Sequence[Prediction],
+    scales: np.ndarray,
+    consume,
+    chunk_rows: int = CHUNK_ROWS,
+    threads: int | None = None,
+    check_sums: bool = True,
+) -> None:
     """One pass over the members: for every row chunk [start, stop), ``consume(start, stop,
     totals)`` gets ``totals[g] = sum_i scales[g, i] * P_i[start:stop]`` (float32, G x rows x C).
 
@@ -308,9 +318,16 @@ def member_accuracies(stems: Sequence) -> list[float | None]:
     return out
 
 
-def choose_power(val_stems: Sequence, val_list, accuracies: Sequence[float | None], grid=POWER_GRID,
-                 key: str = "power", chunk_rows: int = CHUNK_ROWS,
-                 accuracy_from: Sequence | None = None, balanced: bool = True) -> tuple[float, list[tuple[float, float]]]:
+def choose_power(
+    val_stems: Sequence,
+    val_list,
+    accuracies: Sequence[float | None],
+    grid=POWER_GRID,
+    key: str = "power",
+    chunk_rows: int = CHUNK_ROWS,
+    accuracy_from: Sequence | None = None,
+    balanced: bool = True,
+) -> tuple[float, list[tuple[float, float]]]:
     """The power of ``grid`` whose weighted ensemble of the members' val predictions has the
     best val accuracy (the smallest such power on ties); returns it and (power, accuracy) rows.
 
@@ -352,8 +369,9 @@ def choose_power(val_stems: Sequence, val_list, accuracies: Sequence[float | Non
 
 def write_power_choice(path, table: Sequence[tuple[float, float]], chosen: float) -> None:
     """``power  val_accuracy  chosen`` (TSV), the record of a ``power: auto`` choice."""
-    write_text(path, "power\tval_accuracy\tchosen\n"
-               + "".join(f"{p:g}\t{a:.6f}\t{int(p == chosen)}\n" for p, a in table))
+    write_text(
+        path, "power\tval_accuracy\tchosen\n" + "".join(f"{p:g}\t{a:.6f}\t{int(p == chosen)}\n" for p, a in table)
+    )
 
 
 # ---------------------------------------------------------------- pseudo-labels
@@ -392,9 +410,7 @@ def predicted_labels(probs: np.ndarray, chunk_rows: int = CHUNK_ROWS) -> np.ndar
     return _row_max_argmax(probs, chunk_rows)[1]
 
 
-def pseudo_labels(
-    probs: np.ndarray, relpaths: Sequence[str], threshold: float
-) -> list[tuple[str, int]]:
+def pseudo_labels(probs: np.ndarray, relpaths: Sequence[str], threshold: float) -> list[tuple[str, int]]:
     """Keep rows whose max probability is strictly greater than ``threshold``.
 
     Returns ``[(relpath, argmax)]`` in row order. The comparison is done in
@@ -521,7 +537,7 @@ def top_candidates(probs: np.ndarray, k: int, chunk_rows: int = CHUNK_ROWS) -> t
     for rows in _row_chunks(n, chunk_rows):
         block = _read_rows(probs, rows)
         keys = block.view(np.uint16) if block.dtype == np.float16 else block
-        idx = np.argpartition(keys, c - k, axis=1)[:, c - k:] if k < c else np.broadcast_to(np.arange(c), block.shape)
+        idx = np.argpartition(keys, c - k, axis=1)[:, c - k :] if k < c else np.broadcast_to(np.arange(c), block.shape)
         cand[rows] = idx
         logp[rows] = np.log(np.maximum(np.take_along_axis(block, idx, axis=1).astype(np.float32), 1e-30))
     return logp, cand
@@ -543,8 +559,9 @@ def _soft_counts(logp: np.ndarray, cand: np.ndarray, shift: np.ndarray) -> np.nd
     return np.bincount(cand.ravel(), weights=s.ravel(), minlength=shift.size)
 
 
-def training_bias_exponent(logp: np.ndarray, cand: np.ndarray, log_train: np.ndarray,
-                           max_tau: float = 3.0, steps: int = 30) -> float:
+def training_bias_exponent(
+    logp: np.ndarray, cand: np.ndarray, log_train: np.ndarray, max_tau: float = 3.0, steps: int = 30
+) -> float:
     """tau >= 0 such that, after ``log p - tau * log_train``, the expected class counts of the
     test rows no longer grow with the training prior (zero least-squares slope of log count
     on ``log_train``).
@@ -574,8 +591,9 @@ def training_bias_exponent(logp: np.ndarray, cand: np.ndarray, log_train: np.nda
     return 0.5 * (lo + hi)
 
 
-def map_test_prior(logp: np.ndarray, cand: np.ndarray, shift: np.ndarray, concentration: float,
-                   iters: int = 100, tol: float = 1e-4) -> np.ndarray:
+def map_test_prior(
+    logp: np.ndarray, cand: np.ndarray, shift: np.ndarray, concentration: float, iters: int = 100, tol: float = 1e-4
+) -> np.ndarray:
     """MAP-EM (Saerens et al. 2002) estimate of the test class prior, as log pi (C,), for
     posteriors ``softmax(log p + shift)`` made under a uniform prior, with a symmetric
     Dirichlet prior of ``concentration * N / C`` extra rows per class pulling pi toward uniform."""
@@ -592,8 +610,14 @@ def map_test_prior(logp: np.ndarray, cand: np.ndarray, shift: np.ndarray, concen
     return log_pi
 
 
-def redistribute_map(probs: np.ndarray, train_counts: np.ndarray, concentration: float = 4.0,
-                     candidates: int = 16, chunk_rows: int = CHUNK_ROWS, log=None) -> np.ndarray:
+def redistribute_map(
+    probs: np.ndarray,
+    train_counts: np.ndarray,
+    concentration: float = 4.0,
+    candidates: int = 16,
+    chunk_rows: int = CHUNK_ROWS,
+    log=None,
+) -> np.ndarray:
     """Labels ``argmax_c log p + log pi_c - tau * log pi_train_c``: the logit adjustment by the
     ensemble's effective training prior (tau of ``training_bias_exponent``), then the MAP-EM
     test prior pi of ``map_test_prior`` (``concentration`` inf: pi uniform). Needs the
@@ -609,8 +633,10 @@ def redistribute_map(probs: np.ndarray, train_counts: np.ndarray, concentration:
     tau = training_bias_exponent(logp, cand, u)
     log_pi = map_test_prior(logp, cand, -tau * u, concentration) if np.isfinite(concentration) else 0 * u
     if log:
-        log(f"map: training-prior exponent tau {tau:.3f}; test prior estimate within "
-            f"[{np.exp(log_pi).min() * u.size:.2f}, {np.exp(log_pi).max() * u.size:.2f}] x uniform")
+        log(
+            f"map: training-prior exponent tau {tau:.3f}; test prior estimate within "
+            f"[{np.exp(log_pi).min() * u.size:.2f}, {np.exp(log_pi).max() * u.size:.2f}] x uniform"
+        )
     score = logp + (log_pi - tau * u).astype(np.float32)[cand]
     return cand[np.arange(n), score.argmax(axis=1)].astype(np.int64)
 
@@ -646,7 +672,7 @@ def balance_duals(logp, cand, target, temperatures=(1.0,), iters: int = 300, tol
         # intermediate stages only warm-start the next; the default tolerance (1 % of each
         # class's count, 0.18 rows at N/C = 18) is far below what changes a hard label
         stage_tol = tol if stage == len(temperatures) - 1 else max(tol, 1e-2)
-        for it in range(iters):
+        for it in range(iters):  # noqa: B007 (the count is logged after the loop)
             q = _soft_assign(logp, cand, dual.astype(np.float32), temperature)
             col = np.bincount(flat, weights=q.ravel(), minlength=num_classes)
             err = float(np.max(np.abs(col[present] / want[present] - 1)))
@@ -659,9 +685,16 @@ def balance_duals(logp, cand, target, temperatures=(1.0,), iters: int = 300, tol
     return dual.astype(np.float32)
 
 
-def redistribute_balanced(probs: np.ndarray, method: str = "prior", strength: float = 1.0,
-                          temperature: float = 0.05, candidates: int = 16, target=None,
-                          chunk_rows: int = CHUNK_ROWS, log=None) -> np.ndarray:
+def redistribute_balanced(
+    probs: np.ndarray,
+    method: str = "prior",
+    strength: float = 1.0,
+    temperature: float = 0.05,
+    candidates: int = 16,
+    target=None,
+    chunk_rows: int = CHUNK_ROWS,
+    log=None,
+) -> np.ndarray:
     """Labels that move the predicted class distribution toward ``target`` (uniform by default).
 
     ``prior``: labels = argmax(log p + strength * dual) with the T = 1 duals of
@@ -743,12 +776,17 @@ def check_redistribute_params(method: str, params: dict, prefix: str = "") -> No
     """One InputError naming ``prefix + key`` for a method or parameter out of range."""
     if method not in METHODS:
         raise InputError(f"{prefix}method: {method!r} is not one of {', '.join(METHODS)}")
-    rules = {"k": (lambda v: isinstance(v, (int, np.integer)) and v >= 1, "an integer >= 1", ("greedy",)),
-             "strength": (lambda v: 0 <= v <= 1, "a number in [0, 1]", ("prior", "transport")),
-             "temperature": (lambda v: 0 < v <= 1, "a number in (0, 1]", ("transport",)),
-             "candidates": (lambda v: isinstance(v, (int, np.integer)) and v >= 1, "an integer >= 1",
-                            ("map", "prior", "transport")),
-             "concentration": (lambda v: v >= 0, "a number >= 0 (inf: a uniform test prior)", ("map",))}
+    rules = {
+        "k": (lambda v: isinstance(v, (int, np.integer)) and v >= 1, "an integer >= 1", ("greedy",)),
+        "strength": (lambda v: 0 <= v <= 1, "a number in [0, 1]", ("prior", "transport")),
+        "temperature": (lambda v: 0 < v <= 1, "a number in (0, 1]", ("transport",)),
+        "candidates": (
+            lambda v: isinstance(v, (int, np.integer)) and v >= 1,
+            "an integer >= 1",
+            ("map", "prior", "transport"),
+        ),
+        "concentration": (lambda v: v >= 0, "a number >= 0 (inf: a uniform test prior)", ("map",)),
+    }
     for key, (ok, expected, used_by) in rules.items():
         if method in used_by and key in params:
             value = params[key]
@@ -775,8 +813,15 @@ def train_class_counts(train_list, num_classes: int) -> np.ndarray:
         labels = []
         for line in text.splitlines():
             path, sep, label = line.rpartition(" ")
-            if (not sep or not path or not label.isdigit() or not label.isascii() or path[0] in "/\ufeff"
-                    or "\\" in path or (".." in path and "/../" in f"/{path}/")):
+            if (
+                not sep
+                or not path
+                or not label.isdigit()
+                or not label.isascii()
+                or path[0] in "/\ufeff"
+                or "\\" in path
+                or (".." in path and "/../" in f"/{path}/")
+            ):
                 labels = None
                 break
             labels.append(int(label))
@@ -789,9 +834,21 @@ def train_class_counts(train_list, num_classes: int) -> np.ndarray:
     return np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
 
 
-def redistribute_labels(probs, relpaths, method: str, labels_path, counts_path, log=print, k: int = 0,
-                        strength: float = 1.0, temperature: float = 0.05, candidates: int = 16,
-                        concentration: float = 4.0, train_counts=None, prefix: str = "") -> np.ndarray:
+def redistribute_labels(
+    probs,
+    relpaths,
+    method: str,
+    labels_path,
+    counts_path,
+    log=print,
+    k: int = 0,
+    strength: float = 1.0,
+    temperature: float = 0.05,
+    candidates: int = 16,
+    concentration: float = 4.0,
+    train_counts=None,
+    prefix: str = "",
+) -> np.ndarray:
     """Final labels of the submitted split, written as ``relpath  argmax  label`` (TSV),
     plus per-class counts before and after (for the report's histogram).
 
@@ -799,8 +856,17 @@ def redistribute_labels(probs, relpaths, method: str, labels_path, counts_path, 
     needs ``train_counts``), ``greedy`` (the original's, uses ``k``), ``prior`` and
     ``transport`` (balancing toward a uniform prior, ``redistribute_balanced``), ``none``
     (argmax). Parameters out of range raise one InputError naming ``prefix + key``."""
-    check_redistribute_params(method, {"k": k, "strength": strength, "temperature": temperature,
-                                       "candidates": candidates, "concentration": concentration}, prefix)
+    check_redistribute_params(
+        method,
+        {
+            "k": k,
+            "strength": strength,
+            "temperature": temperature,
+            "candidates": candidates,
+            "concentration": concentration,
+        },
+        prefix,
+    )
     if len(relpaths) != probs.shape[0]:
         raise ValueError(f"{len(relpaths)} relpaths for {probs.shape[0]} rows")
     if method == "greedy" and k > probs.shape[0]:
@@ -818,13 +884,18 @@ def redistribute_labels(probs, relpaths, method: str, labels_path, counts_path, 
         labels = pred.copy()
     num_classes = probs.shape[1]
     before, after = class_counts(pred, num_classes), class_counts(labels, num_classes)
-    write_text(labels_path, "relpath\targmax\tlabel\n"
-               + "".join(f"{p}\t{a}\t{b}\n" for p, a, b in zip(relpaths, pred, labels)))
-    write_text(counts_path, "class\tbefore\tafter\n"
-               + "".join(f"{c}\t{x}\t{y}\n" for c, (x, y) in enumerate(zip(before, after))))
+    write_text(
+        labels_path, "relpath\targmax\tlabel\n" + "".join(f"{p}\t{a}\t{b}\n" for p, a, b in zip(relpaths, pred, labels))
+    )
+    write_text(
+        counts_path,
+        "class\tbefore\tafter\n" + "".join(f"{c}\t{x}\t{y}\n" for c, (x, y) in enumerate(zip(before, after))),
+    )
     floor = k if method == "greedy" else max(1, probs.shape[0] // num_classes - 2)
-    log(f"{method}: {int((labels != pred).sum())} of {len(labels)} relabelled; classes predicted fewer than "
-        f"{floor} times: {int((before < floor).sum())} before, {int((after < floor).sum())} after")
+    log(
+        f"{method}: {int((labels != pred).sum())} of {len(labels)} relabelled; classes predicted fewer than "
+        f"{floor} times: {int((before < floor).sum())} before, {int((after < floor).sum())} after"
+    )
     return labels
 
 
@@ -841,11 +912,13 @@ def read_labels(path) -> tuple[list[str], np.ndarray]:
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except UnicodeDecodeError:
-        raise InputError(f"{path}: not UTF-8 text; expected the labels TSV of 'webfg redistribute' "
-                         "(relpath<TAB>argmax<TAB>label)") from None
+        raise InputError(
+            f"{path}: not UTF-8 text; expected the labels TSV of 'webfg redistribute' (relpath<TAB>argmax<TAB>label)"
+        ) from None
     if lines[0].rstrip("\r").split("\t") != ["relpath", "argmax", "label"]:
-        raise InputError(f"{path}:1: expected the header 'relpath<TAB>argmax<TAB>label' "
-                         "(the labels TSV of 'webfg redistribute')")
+        raise InputError(
+            f"{path}:1: expected the header 'relpath<TAB>argmax<TAB>label' (the labels TSV of 'webfg redistribute')"
+        )
     for lineno, line in enumerate(lines[1:], 2):
         if not line:
             continue

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Callable, Iterable, Iterator, TextIO, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import TextIO, TypeVar
 
 T = TypeVar("T")
 
@@ -96,7 +97,7 @@ class Progress:
             self.closed = True
             self._write(final=True)
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -51,8 +51,15 @@ def check_scheme(scheme: str, threshold: float, min_threshold: float, fraction: 
         raise ValueError(f"{where}.fraction: {fraction} is outside (0, 1]")
 
 
-def select(confidence: np.ndarray, predicted: np.ndarray, num_classes: int, scheme: str = "fixed",
-           threshold: float = 0.45, min_threshold: float = 0.2, fraction: float = 0.8) -> Selection:
+def select(
+    confidence: np.ndarray,
+    predicted: np.ndarray,
+    num_classes: int,
+    scheme: str = "fixed",
+    threshold: float = 0.45,
+    min_threshold: float = 0.2,
+    fraction: float = 0.8,
+) -> Selection:
     """The rows to pseudo-label under ``scheme`` (see the module docstring for each rule)."""
     check_scheme(scheme, threshold, min_threshold, fraction, "pseudo")
     confidence = np.asarray(confidence, dtype=np.float64)
@@ -76,7 +83,7 @@ def select(confidence: np.ndarray, predicted: np.ndarray, num_classes: int, sche
     order = np.lexsort((np.arange(confidence.size), -confidence, predicted))  # by class, then most confident
     starts = np.searchsorted(predicted[order], np.arange(num_classes + 1))
     for c in range(num_classes):
-        rows = order[starts[c]:starts[c + 1]]
+        rows = order[starts[c] : starts[c + 1]]
         rows = rows[confidence[rows] > min_threshold][:quota]
         keep[rows] = True
         if len(rows) == quota:  # the quota, not the floor, was the binding limit

@@ -9,7 +9,7 @@ worth whatever their number, and the result does not depend on float32 rounding.
 from __future__ import annotations
 
 import os
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 
@@ -55,8 +55,10 @@ def soup(sources: Iterable, log=lambda msg: None, return_first: bool = False):
                 raise InputError(f"{name}: keys differ from {first_name} (e.g. {diff[0]!r})")
             for key, value in sd.items():
                 if (value.shape, value.dtype) != shapes[key]:
-                    raise InputError(f"{name}: {key!r} is {tuple(value.shape)} {value.dtype}, "
-                                     f"{first_name} has {tuple(shapes[key][0])} {shapes[key][1]}")
+                    raise InputError(
+                        f"{name}: {key!r} is {tuple(value.shape)} {value.dtype}, "
+                        f"{first_name} has {tuple(shapes[key][0])} {shapes[key][1]}"
+                    )
                 if key in total:
                     total[key] += value.double()
             log(f"{name}: added")

@@ -108,13 +108,14 @@ def collect_status(config: dict, workdir=".") -> dict:
             models.append(entry)
         ensemble = states([f"results/{rnd}/ensemble/{s}.npy" for s in splits])
         rounds.append({"round": rnd, "models": models, "ensemble": ensemble})
-    final = {"clean": state("results/clean/train.txt"),
-             "final ensemble": state("results/final/ensemble.npy"),
-             "submission": state("results/submit.zip")}
+    final = {
+        "clean": state("results/clean/train.txt"),
+        "final ensemble": state("results/final/ensemble.npy"),
+        "submission": state("results/submit.zip"),
+    }
     if config["data"].get("answers"):
         final["summary"] = state("results/summary.tsv")
-    return {"rounds": rounds, "final": final, "snakemake_running": bool(locked),
-            "incomplete": sorted(incomplete)}
+    return {"rounds": rounds, "final": final, "snakemake_running": bool(locked), "incomplete": sorted(incomplete)}
 
 
 def running_lines(status: dict) -> list[str]:
@@ -132,8 +133,9 @@ def format_status(status: dict) -> str:
     rows = [("round", "model", "train", "infer", "round ensemble")]
     for r in status["rounds"]:
         for i, m in enumerate(r["models"]):
-            rows.append((r["round"] if i == 0 else "", m["model"], m["train"], m["infer"],
-                         r["ensemble"] if i == 0 else ""))
+            rows.append(
+                (r["round"] if i == 0 else "", m["model"], m["train"], m["infer"], r["ensemble"] if i == 0 else "")
+            )
     widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     running = running_lines(status)
@@ -141,6 +143,12 @@ def format_status(status: dict) -> str:
         lines += ["", "running:", *("  " + line for line in running)]
     lines.append("")
     lines += [f"{name}: {value}" for name, value in status["final"].items()]
-    lines.append("snakemake: " + ("a run holds this directory's locks (running, or stale after a crash: "
-                                  "snakemake --unlock)" if status["snakemake_running"] else "not running here"))
+    lines.append(
+        "snakemake: "
+        + (
+            "a run holds this directory's locks (running, or stale after a crash: snakemake --unlock)"
+            if status["snakemake_running"]
+            else "not running here"
+        )
+    )
     return "\n".join(lines)

@@ -53,11 +53,13 @@ def read_npy_header(path: str | os.PathLike) -> tuple[tuple[int, ...], np.dtype,
         with open(path, "rb") as f:
             head = f.read(6)
             if head[:4] == b"PK\x03\x04":
-                raise InputError(f"{path}: a .npz (zip) archive under a .npy name; expected one array "
-                                 "written by numpy.save")
+                raise InputError(
+                    f"{path}: a .npz (zip) archive under a .npy name; expected one array written by numpy.save"
+                )
             if head[:1] == b"\x80" or head[:1] in (b"(", b"]", b"}"):
-                raise InputError(f"{path}: a Python pickle under a .npy name (not read); expected one array "
-                                 "written by numpy.save")
+                raise InputError(
+                    f"{path}: a Python pickle under a .npy name (not read); expected one array written by numpy.save"
+                )
             f.seek(0)
             version = np.lib.format.read_magic(f)
             if version == (1, 0):
@@ -99,8 +101,9 @@ def _describe_bad(values: np.ndarray) -> str:
     return f"has the value {float(v):.4g} outside [0, 1]"
 
 
-def check_block(block: np.ndarray, where: str, first_row: int, sums: np.ndarray | None = None,
-                tolerance: float = ROW_SUM_TOLERANCE) -> None:
+def check_block(
+    block: np.ndarray, where: str, first_row: int, sums: np.ndarray | None = None, tolerance: float = ROW_SUM_TOLERANCE
+) -> None:
     """Raise InputError naming ``where`` and the row when a row of ``block`` holds NaN, inf,
     a value outside [0, 1] or (given its ``sums``) does not sum to 1."""
     if block.dtype == np.float16:
@@ -119,8 +122,10 @@ def check_block(block: np.ndarray, where: str, first_row: int, sums: np.ndarray 
         off = ~(np.abs(sums - 1) <= tolerance)
         if off.any():
             row = int(np.flatnonzero(off)[0])
-            raise InputError(f"{where}: row {first_row + row} sums to {float(sums[row]):.4g}, "
-                             f"not 1 (+-{tolerance}): expected probabilities")
+            raise InputError(
+                f"{where}: row {first_row + row} sums to {float(sums[row]):.4g}, "
+                f"not 1 (+-{tolerance}): expected probabilities"
+            )
 
 
 def read_row_names(path: Path) -> list[str]:
@@ -135,8 +140,7 @@ def read_row_names(path: Path) -> list[str]:
         return read_split_list(path, labelled=False)  # its message names the byte
     lines = text.splitlines()
     for line in lines:
-        if (not line.strip() or line[0] in "/\ufeff" or "\\" in line
-                or (".." in line and "/../" in f"/{line}/")):
+        if not line.strip() or line[0] in "/\ufeff" or "\\" in line or (".." in line and "/../" in f"/{line}/"):
             return read_split_list(path, labelled=False)
     return lines
 
@@ -155,14 +159,14 @@ class Prediction:
         if len(self.shape) != 2:
             raise InputError(f"{npy}: expected a 2-D (rows, classes) matrix, got shape {self.shape}")
         if self.dtype.kind != "f" or self.dtype.itemsize not in (2, 4, 8):
-            raise InputError(f"{npy}: expected float16 probabilities (float32/float64 are converted), "
-                             f"got {self.dtype}")
+            raise InputError(f"{npy}: expected float16 probabilities (float32/float64 are converted), got {self.dtype}")
         n, c = self.shape
         if n == 0 or c == 0:
             raise InputError(f"{npy}: empty matrix, shape {self.shape}; expected at least one row and one class")
         if not self.rows_path.is_file():
-            raise InputError(f"{self.rows_path}: no such file; every prediction .npy needs the list of its "
-                             "row names next to it")
+            raise InputError(
+                f"{self.rows_path}: no such file; every prediction .npy needs the list of its row names next to it"
+            )
         self.relpaths = read_row_names(self.rows_path)
         if len(self.relpaths) != n:
             raise InputError(f"{npy}: {n} rows but {self.rows_path} lists {len(self.relpaths)}")
@@ -170,8 +174,9 @@ class Prediction:
             first: dict[str, int] = {}
             for line, name in enumerate(self.relpaths, 1):
                 if name in first:
-                    raise InputError(f"{self.rows_path}:{line}: duplicate row name {name!r} "
-                                     f"(also on line {first[name]})")
+                    raise InputError(
+                        f"{self.rows_path}:{line}: duplicate row name {name!r} (also on line {first[name]})"
+                    )
                 first[name] = line
         self.meta = read_json(self.json_path) if self.json_path.is_file() else {}
         if not isinstance(self.meta, dict):
@@ -183,8 +188,9 @@ class Prediction:
         if isinstance(split, str) and split != "val":  # val rows live in train/
             outside = next((r for r in self.relpaths if not r.startswith(f"{split}/")), None)
             if outside is not None:
-                raise InputError(f"{self.json_path}: split is {split!r} but {self.rows_path} lists "
-                                 f"{outside!r}, not under {split}/")
+                raise InputError(
+                    f"{self.json_path}: split is {split!r} but {self.rows_path} lists {outside!r}, not under {split}/"
+                )
         self.fast = self.dtype == np.dtype("<f2") and not self.fortran
 
     def array(self) -> np.ndarray:
@@ -217,7 +223,7 @@ class Prediction:
                     block = self.read_half_bits(fd, start, stop, bits)
                     check_block(block.view(np.float16), where, start)
                     for s in range(0, stop - start, BLOCK_ROWS):
-                        sub = block[s: s + BLOCK_ROWS]
+                        sub = block[s : s + BLOCK_ROWS]
                         w = half_bits_to_float(sub, work[: len(sub)])
                         sums = w.sum(axis=1) * HALF_TO_FLOAT_SCALE
                         check_block(sub.view(np.float16), where, start + s, sums)
@@ -226,7 +232,7 @@ class Prediction:
             return
         probs = self.array()
         for start in range(0, n, chunk_rows):
-            block = np.asarray(probs[start: start + chunk_rows], dtype=np.float64)
+            block = np.asarray(probs[start : start + chunk_rows], dtype=np.float64)
             check_block(block, where, start, block.sum(axis=1))
 
 
@@ -241,4 +247,5 @@ def open_prediction(stem, check_values: bool = True) -> Prediction:
 def write_npy_header(f, shape: tuple[int, int], dtype=np.float16) -> None:
     """Write the header of a C-ordered ``.npy``; the data is appended by the caller."""
     np.lib.format.write_array_header_1_0(
-        f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape})
+        f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape}
+    )

@@ -41,8 +41,9 @@ def removed_paths(path, faults: set[str] = frozenset()) -> set[str]:
     return out
 
 
-def summarize(results, rounds: dict, splits: list[str], final: dict, answers_dir, noise_filter: bool,
-              out_tsv, out_json) -> dict:
+def summarize(
+    results, rounds: dict, splits: list[str], final: dict, answers_dir, noise_filter: bool, out_tsv, out_json
+) -> dict:
     """Write one row per round, then the final ensemble, the submission, and the two
     cleaning stages scored against the injected faults (when ``faults.tsv`` exists).
 
@@ -56,8 +57,7 @@ def summarize(results, rounds: dict, splits: list[str], final: dict, answers_dir
     fs = final["split"]
     rows = []
     for name, rnd in rounds.items():
-        row = {"stage": name,
-               "train_images": len(read_split_list(results / name / "meta" / "train.txt"))}
+        row = {"stage": name, "train_images": len(read_split_list(results / name / "meta" / "train.txt"))}
         pseudo = rnd.get("pseudo")
         labelled = []
         if pseudo:
@@ -70,15 +70,22 @@ def summarize(results, rounds: dict, splits: list[str], final: dict, answers_dir
         for s in splits:
             row[f"accuracy_{s}"] = _pred_accuracy(results / name / "ensemble" / s, answers[s])
         row[f"best_model_accuracy_{fs}"] = max(
-            _pred_accuracy(results / name / "infer" / m / fs, answers[fs]) for m in rnd["models"])
+            _pred_accuracy(results / name / "infer" / m / fs, answers[fs]) for m in rnd["models"]
+        )
         rows.append(row)
 
     members = [_pred_accuracy(results / r / "infer" / m / fs, answers[fs]) for r, m in final["members"]]
-    final_row = {"stage": "final_ensemble", f"accuracy_{fs}": _pred_accuracy(results / "final" / "ensemble", answers[fs]),
-                 f"best_model_accuracy_{fs}": max(members)}
+    final_row = {
+        "stage": "final_ensemble",
+        f"accuracy_{fs}": _pred_accuracy(results / "final" / "ensemble", answers[fs]),
+        f"best_model_accuracy_{fs}": max(members),
+    }
     relpaths, labels = read_labels(results / "final" / "labels.tsv")
-    submission_row = {"stage": "submission", f"accuracy_{fs}": accuracy(relpaths, labels, answers[fs]),
-                      f"best_model_accuracy_{fs}": max(members)}
+    submission_row = {
+        "stage": "submission",
+        f"accuracy_{fs}": accuracy(relpaths, labels, answers[fs]),
+        f"best_model_accuracy_{fs}": max(members),
+    }
     rows += [final_row, submission_row]
 
     summary = {"rounds": rows, "member_accuracies": dict(zip([f"{r}/{m}" for r, m in final["members"]], members))}
@@ -87,18 +94,35 @@ def summarize(results, rounds: dict, splits: list[str], final: dict, answers_dir
         faults = read_faults(faults_path)
         file_faults = {f["path"] for f in faults if f["kind"] in FILE_FAULTS}
         noisy = {f["path"] for f in faults if f["kind"] == "label_noise"}
-        summary["clean_split"] = cleaning_scores(removed_paths(results / "clean" / "removed.tsv", file_faults), file_faults)
+        summary["clean_split"] = cleaning_scores(
+            removed_paths(results / "clean" / "removed.tsv", file_faults), file_faults
+        )
         if noise_filter:
             summary["noise_filter"] = cleaning_scores(removed_paths(results / "clean" / "noise_removed.tsv"), noisy)
 
     for stage in ("clean_split", "noise_filter"):
         if stage in summary:
             scores = summary[stage]
-            rows.append({"stage": stage, "removed": scores["removed"], "removal_precision": scores["precision"],
-                         "removal_recall": scores["recall"]})
-    columns = ["stage", "train_images", "pseudo_images", "pseudo_precision", "mean_val_accuracy",
-               *[f"accuracy_{s}" for s in splits], f"best_model_accuracy_{fs}",
-               "removed", "removal_precision", "removal_recall"]
+            rows.append(
+                {
+                    "stage": stage,
+                    "removed": scores["removed"],
+                    "removal_precision": scores["precision"],
+                    "removal_recall": scores["recall"],
+                }
+            )
+    columns = [
+        "stage",
+        "train_images",
+        "pseudo_images",
+        "pseudo_precision",
+        "mean_val_accuracy",
+        *[f"accuracy_{s}" for s in splits],
+        f"best_model_accuracy_{fs}",
+        "removed",
+        "removal_precision",
+        "removal_recall",
+    ]
     lines = ["\t".join(columns)]
     for row in rows:
         lines.append("\t".join(_fmt(row.get(c, "")) for c in columns))

@@ -32,12 +32,25 @@ import torch
 
 from webfg import distributed
 from webfg.checkpoint import (  # noqa: F401 - re-exported: the long-standing import path
-    PREEMPT_EXIT, Preempted, StopFlag, fingerprint, load_checkpoint, load_resumable, save_torch,
+    PREEMPT_EXIT,
+    Preempted,
+    StopFlag,
+    fingerprint,
+    load_checkpoint,
+    load_resumable,
+    save_torch,
 )
 from webfg.config import ModelConfig
 from webfg.data import EpochSampler, ImageList, SeededImageList, eval_transform, train_transform
 from webfg.engine import (  # noqa: F401 - re-exported
-    Engine, autocast, evaluate, head_lr, loader_workers, make_loader, resolve_accumulation, resolve_precision,
+    Engine,
+    autocast,
+    evaluate,
+    head_lr,
+    loader_workers,
+    make_loader,
+    resolve_accumulation,
+    resolve_precision,
     threads_per_process,
 )
 from webfg.heads import SoftmaxEQL
@@ -73,14 +86,28 @@ def build_optimizer(model: Classifier, cfg: ModelConfig, lr: float):
     return create_optimizer_v2(groups, opt="adamw", lr=lr, weight_decay=cfg.weight_decay)
 
 
-def build_scheduler(optimizer, epochs: int, warmup_epochs: float, lr: float, warmup_lr_ratio: float, min_lr: float,
-                    updates_per_epoch: int):
+def build_scheduler(
+    optimizer,
+    epochs: int,
+    warmup_epochs: float,
+    lr: float,
+    warmup_lr_ratio: float,
+    min_lr: float,
+    updates_per_epoch: int,
+):
     """Cosine with linear warm-up, stepped every update."""
     from timm.scheduler import create_scheduler_v2
 
-    return create_scheduler_v2(optimizer, sched="cosine", num_epochs=epochs, warmup_epochs=warmup_epochs,
-                               warmup_lr=lr * warmup_lr_ratio, min_lr=min_lr, step_on_epochs=False,
-                               updates_per_epoch=updates_per_epoch)[0]
+    return create_scheduler_v2(
+        optimizer,
+        sched="cosine",
+        num_epochs=epochs,
+        warmup_epochs=warmup_epochs,
+        warmup_lr=lr * warmup_lr_ratio,
+        min_lr=min_lr,
+        step_on_epochs=False,
+        updates_per_epoch=updates_per_epoch,
+    )[0]
 
 
 def build_loss(cfg: ModelConfig, num_classes: int, device):
@@ -99,18 +126,25 @@ def build_loss(cfg: ModelConfig, num_classes: int, device):
         criterion = torch.nn.CrossEntropyLoss()
     criterion = criterion.to(device)
     if use_mixup:
-        mixup = Mixup(mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha,
-                      label_smoothing=cfg.label_smoothing, num_classes=num_classes)
+        mixup = Mixup(
+            mixup_alpha=cfg.mixup_alpha,
+            cutmix_alpha=cfg.cutmix_alpha,
+            label_smoothing=cfg.label_smoothing,
+            num_classes=num_classes,
+        )
 
         def loss_fn(net, x, y):
             x, target = mixup(x, y)
             return criterion(net(x), target)
     elif cfg.head == "arcface":
+
         def loss_fn(net, x, y):
             return criterion(net(x, y), y)
     else:
+
         def loss_fn(net, x, y):
             return criterion(net(x), y)
+
     return loss_fn, criterion
 
 
@@ -172,31 +206,53 @@ def train(
     train_set = SeededImageList(data_root, train_samples, train_transform(cfg))
     sampler = EpochSampler(len(train_set), cfg.batch_size, cfg.seed, env.rank, env.world_size, drop_last=use_mixup)
     if sampler.batches_per_epoch == 0:
-        raise InputError(f"{train_list}: {len(train_set)} samples is less than one batch of "
-                         f"{cfg.batch_size} per process x {env.world_size} processes")
-    val_set = ImageList(data_root, val_samples[env.rank::env.world_size], eval_transform(cfg))
+        raise InputError(
+            f"{train_list}: {len(train_set)} samples is less than one batch of "
+            f"{cfg.batch_size} per process x {env.world_size} processes"
+        )
+    val_set = ImageList(data_root, val_samples[env.rank :: env.world_size], eval_transform(cfg))
     val_loader = make_loader(val_set, 256, workers, device)
     engine = Engine(
-        model=model, net=wrap(model, env, device, cfg.compile), optimizer=optimizer,
-        scheduler=build_scheduler(optimizer, cfg.epochs, cfg.warmup_epochs, lr, cfg.warmup_lr_ratio, cfg.min_lr,
-                                  -(-sampler.batches_per_epoch // accum)),
-        loader=make_loader(train_set, cfg.batch_size, workers, device, sampler), sampler=sampler, loss_fn=loss_fn,
-        device=device, amp_dtype=amp_dtype, accum=accum, env=env, seed=cfg.seed, state_dir=state_dir,
+        model=model,
+        net=wrap(model, env, device, cfg.compile),
+        optimizer=optimizer,
+        scheduler=build_scheduler(
+            optimizer,
+            cfg.epochs,
+            cfg.warmup_epochs,
+            lr,
+            cfg.warmup_lr_ratio,
+            cfg.min_lr,
+            -(-sampler.batches_per_epoch // accum),
+        ),
+        loader=make_loader(train_set, cfg.batch_size, workers, device, sampler),
+        sampler=sampler,
+        loss_fn=loss_fn,
+        device=device,
+        amp_dtype=amp_dtype,
+        accum=accum,
+        env=env,
+        seed=cfg.seed,
+        state_dir=state_dir,
         fingerprint=fingerprint(cfg, train_list, str(num_classes)),
         criterion=criterion if isinstance(criterion, SoftmaxEQL) else None,
-        channels_last=cfg.channels_last, checkpoint_every=cfg.checkpoint_every, log=log,
+        channels_last=cfg.channels_last,
+        checkpoint_every=cfg.checkpoint_every,
+        log=log,
     )
     engine.resume()
 
     # ---- the epochs (signal handlers first: once the start line is logged, a signal saves and exits
     # cleanly; one after the last update lets the final model be written)
     with engine.stop_signals():
-        log(f"{cfg.arch}/{cfg.head}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
+        log(
+            f"{cfg.arch}/{cfg.head}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
             f"{len(train_set)} train / {len(val_samples)} val images, {num_classes} classes, "
             f"{env.world_size} process(es) on {device.type} ({env.launcher}), batch {cfg.batch_size} x "
             f"{env.world_size} x accum {accum} = {effective_batch}, lr {lr:.2e}, {engine.updates_per_epoch} "
             f"updates/epoch, precision {str(amp_dtype).replace('torch.', '') if amp_dtype else 'fp32'}, "
-            f"threads {torch.get_num_threads()}, loader workers {workers}")
+            f"threads {torch.get_num_threads()}, loader workers {workers}"
+        )
         t_start = time.time()
         for epoch in range(engine.epoch, cfg.epochs):
             engine.train_one_epoch(epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}")
@@ -206,9 +262,16 @@ def train(
             if env.is_main:
                 save_torch(model.state_dict(), state_dir / f"epoch_{epoch + 1:04d}.pt")
                 (state_dir / f"epoch_{epoch + 1 - cfg.soup_last:04d}.pt").unlink(missing_ok=True)
-            engine.end_epoch({"epoch": epoch + 1, "train_loss": loss, "val_accuracy": val_acc,
-                              "head_lr": head_lr(optimizer), "images_per_s": speed,
-                              "data_wait": round(engine.data_wait(), 4)})
+            engine.end_epoch(
+                {
+                    "epoch": epoch + 1,
+                    "train_loss": loss,
+                    "val_accuracy": val_acc,
+                    "head_lr": head_lr(optimizer),
+                    "images_per_s": speed,
+                    "data_wait": round(engine.data_wait(), 4),
+                }
+            )
 
         # ---- soup of the last epochs, final write
         first = max(1, cfg.epochs - cfg.soup_last + 1)
@@ -216,13 +279,26 @@ def train(
         model.load_state_dict(souped)
         val_acc = evaluate(model, val_loader, device, amp_dtype)
         log(f"soup of epochs {first}..{cfg.epochs}: val_acc {val_acc:.4f} ({time.time() - t_start:.0f}s this run)")
-        meta = {"val_accuracy": val_acc, "epochs": cfg.epochs, "soup_epochs": [first, cfg.epochs],
-                "num_train": len(train_samples), "num_val": len(val_samples), "world_size": env.world_size,
-                "effective_batch": effective_batch}
+        meta = {
+            "val_accuracy": val_acc,
+            "epochs": cfg.epochs,
+            "soup_epochs": [first, cfg.epochs],
+            "num_train": len(train_samples),
+            "num_val": len(val_samples),
+            "world_size": env.world_size,
+            "effective_batch": effective_batch,
+        }
         if env.is_main:
             write_history(out_path.with_suffix(".history.tsv"), engine.history)
-            save_torch({"state_dict": {k: v.cpu() for k, v in souped.items()}, "config": json.dumps(cfg.to_dict()),
-                        "num_classes": num_classes, "meta": json.dumps(meta)}, out_path)
+            save_torch(
+                {
+                    "state_dict": {k: v.cpu() for k, v in souped.items()},
+                    "config": json.dumps(cfg.to_dict()),
+                    "num_classes": num_classes,
+                    "meta": json.dumps(meta),
+                },
+                out_path,
+            )
             shutil.rmtree(state_dir, ignore_errors=True)
         distributed.barrier()
         return meta

@@ -1,4 +1,5 @@
 """Build the embedded demo dataset into the data root (webfg.demo)."""
+
 import sys
 
 from webfg.io import rule_script

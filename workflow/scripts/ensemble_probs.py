@@ -21,9 +21,7 @@ table = None
 if hasattr(snakemake.input, "val"):
     grid = sorted(set(POWER_GRID) | ({power} if power != "auto" else set()))
     val_stems = [p[: -len(".npy")] for p in snakemake.input.val]
-    best, table = choose_power(
-        val_stems, snakemake.input.val_list, accs, grid, key=key, accuracy_from=stems
-    )
+    best, table = choose_power(val_stems, snakemake.input.val_list, accs, grid, key=key, accuracy_from=stems)
     log_to_stderr(f"{key}: val accuracy " + ", ".join(f"power {p:g}: {a:.4f}" for p, a in table))
     if power == "auto":
         power = best

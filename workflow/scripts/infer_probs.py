@@ -1,4 +1,5 @@
 """Predict val and the given splits with one model; outputs are <split>.npy/.rows.txt/.json."""
+
 from webfg.io import rule_script
 
 rule_script(snakemake)  # stderr to the log; input errors end the job with one line

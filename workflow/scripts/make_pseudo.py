@@ -14,6 +14,7 @@ thresholds = np.round(np.arange(0.05, 1.0, 0.05), 2)
 counts = pseudo_yield(probs, thresholds)
 write_text(
     snakemake.output.yield_tsv,
-    "threshold\tkept\tfraction\n" + "".join(f"{t:g}\t{c}\t{c / len(relpaths):.4f}\n" for t, c in zip(thresholds, counts)),
+    "threshold\tkept\tfraction\n"
+    + "".join(f"{t:g}\t{c}\t{c / len(relpaths):.4f}\n" for t, c in zip(thresholds, counts)),
 )
 log_to_stderr(f"threshold {snakemake.params.threshold}: kept {len(pseudo)} of {len(relpaths)}")

@@ -1,4 +1,5 @@
 """MAE pre-training: in this process, or one process per GPU (srun / torchrun), on its own GPU slots."""
+
 import sys
 
 from webfg.io import rule_script
@@ -16,13 +17,20 @@ from webfg.io import log_to_stderr
 res = snakemake.resources
 argv = [
     "pretrain-mae",
-    "--config-json", json.dumps(snakemake.params.mae),
-    "--root", snakemake.params.root,
-    "--train-list", snakemake.input.train,
-    "--unlabelled", *snakemake.input.unlabelled,
-    "--out", snakemake.output.encoder,
-    "--state-dir", snakemake.params.state_dir,
-    "--threads", str(res.cpus_per_task * res.tasks_per_node),
+    "--config-json",
+    json.dumps(snakemake.params.mae),
+    "--root",
+    snakemake.params.root,
+    "--train-list",
+    snakemake.input.train,
+    "--unlabelled",
+    *snakemake.input.unlabelled,
+    "--out",
+    snakemake.output.encoder,
+    "--state-dir",
+    snakemake.params.state_dir,
+    "--threads",
+    str(res.cpus_per_task * res.tasks_per_node),
 ]
 cmd = launch_command(argv, res.nodes, res.tasks_per_node, res.cpus_per_task, res.gpu > 0)
 with gpu_slots(res.gpu // res.nodes, log=log_to_stderr):

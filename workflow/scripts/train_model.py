@@ -1,5 +1,6 @@
 """Train one model: in this process, or as one process per GPU (srun in a Slurm job, torchrun here),
 on GPU slots of its own when jobs share a machine (webfg.gpuslots)."""
+
 import sys
 
 from webfg.io import rule_script
@@ -17,15 +18,23 @@ from webfg.io import log_to_stderr
 res = snakemake.resources
 argv = [
     "train",
-    "--config-json", json.dumps(snakemake.params.model),
-    "--root", snakemake.params.root,
-    "--train-list", snakemake.input.train,
-    "--val-list", snakemake.input.val,
-    "--stats", snakemake.input.stats,
-    "--out", snakemake.output.model,
-    "--state-dir", snakemake.params.state_dir,
+    "--config-json",
+    json.dumps(snakemake.params.model),
+    "--root",
+    snakemake.params.root,
+    "--train-list",
+    snakemake.input.train,
+    "--val-list",
+    snakemake.input.val,
+    "--stats",
+    snakemake.input.stats,
+    "--out",
+    snakemake.output.model,
+    "--state-dir",
+    snakemake.params.state_dir,
     # the node's CPUs; the trainer divides them among its processes on the node
-    "--threads", str(res.cpus_per_task * res.tasks_per_node),
+    "--threads",
+    str(res.cpus_per_task * res.tasks_per_node),
 ]
 cmd = launch_command(argv, res.nodes, res.tasks_per_node, res.cpus_per_task, res.gpu > 0)
 # the GPUs are chosen (CUDA_VISIBLE_DEVICES) before torch is imported or torchrun started
