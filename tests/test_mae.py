@@ -293,6 +293,7 @@ def test_killed_pretraining_resumes_to_identical_weights(data, tmp_path):
         mae_cmd(data, tmp_path, "killed", over),
         signals,
         tmp_path / "killed.state" / "last.pt",
+        epochs=over["epochs"],
     )
     a, b = load_checkpoint(tmp_path / "full.pth"), load_checkpoint(tmp_path / "killed.pth")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), points

@@ -265,39 +265,53 @@ def test_accumulation_and_two_ranks_match_one_big_batch(data, tmp_path):
 KILL_SEED_ENV = "WEBFG_KILL_SEED"  # set it to replay a failure's kill points
 
 
-def kill_and_resume(full_cmd, cmd, signals, state):
-    """Run ``full_cmd`` uninterrupted (timing it from the moment its signal handlers are in),
-    then start ``cmd`` again and again, sending each signal at a random moment, checking each
-    exit status, and finish the run. Each delay is at most 15% of the uninterrupted run, so
-    the stops together never reach its end on a machine whose speed varies. The kill
-    points' seed is printed (and taken from $WEBFG_KILL_SEED when set) to replay a failure."""
+def kill_and_resume(full_cmd, cmd, signals, state, epochs):
+    """Run ``full_cmd`` uninterrupted, then start ``cmd`` again and again, sending each signal
+    after a random number of the run's checkpoints (one per update: ``checkpoint_every: 1``)
+    have been written, check each exit status, and finish the run. Counting updates, not
+    seconds, keeps every stop inside training on a machine of any speed: together the stops
+    take at most half of the run's updates. The kill points' seed is printed (and taken from
+    $WEBFG_KILL_SEED when set), so a failure can be replayed."""
     import os
     import random
+    import re
     import subprocess
+    import threading
     import time
 
-    def started(proc):
-        while "params" not in (line := proc.stdout.readline()):  # handlers are installed
-            assert line, "trainer exited before starting"
-        return time.perf_counter()
-
-    full = subprocess.Popen(full_cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    t0 = started(full)
-    rest = full.communicate(timeout=600)[0]
-    duration = time.perf_counter() - t0
-    assert full.returncode == 0, rest[-2000:]
+    full = subprocess.run(full_cmd, capture_output=True, text=True, timeout=600)
+    assert full.returncode == 0, full.stdout[-2000:] + full.stderr[-2000:]
     seed = int(os.environ.get(KILL_SEED_ENV) or random.SystemRandom().randrange(2**31))
     print(f"kill points: {KILL_SEED_ENV}={seed}")
     rng = random.Random(seed)
-    points = [f"{KILL_SEED_ENV}={seed}", ("training s", round(duration, 2))]
+    points = [f"{KILL_SEED_ENV}={seed}"]
+
+    def inode():
+        try:
+            return os.stat(state).st_ino  # each checkpoint is a new file renamed over last.pt
+        except FileNotFoundError:
+            return None
+
     for sig, code in signals:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        started(proc)
-        delay = rng.uniform(0.03, 0.15) * duration
-        time.sleep(delay)
+        lines = []
+        while "params" not in (line := proc.stdout.readline()):  # signal handlers are installed
+            assert line, "trainer exited before starting"
+            lines.append(line)
+        total = epochs * int(re.search(r"(\d+) updates/epoch", line).group(1))
+        reader = threading.Thread(target=lambda p=proc, out=lines: out.extend(p.stdout), daemon=True)
+        reader.start()  # keep the pipe drained while waiting
+        updates = rng.randint(1, max(1, total // (2 * len(signals))))
+        seen, last = 0, inode()
+        while seen < updates and proc.poll() is None:
+            if (now := inode()) != last:
+                seen, last = seen + 1, now
+            time.sleep(0.001)
         proc.send_signal(sig)
-        rest = proc.communicate(timeout=120)[0]
-        points.append((sig.name, round(delay, 2)))
+        proc.wait(timeout=120)
+        reader.join(timeout=30)
+        rest = "".join(lines)
+        points.append((sig.name, f"after {updates} of {total} updates"))
         assert proc.returncode == code, (points, rest[-2000:])
         if code > 0:
             assert f"{sig.name}: saved" in rest, (points, rest[-2000:])
@@ -331,6 +345,7 @@ def test_killed_at_random_points_resumes_to_identical_weights(data, tmp_path):
         cmd,
         [(getattr(signal, n), c) for n, c in STOP_SIGNALS],
         tmp_path / "killed.state" / "last.pt",
+        epochs=cfg["epochs"],
     )
     a = load_checkpoint(tmp_path / "full.pt")["state_dict"]
     b = load_checkpoint(tmp_path / "killed.pt")["state_dict"]
