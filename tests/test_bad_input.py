@@ -1333,3 +1333,19 @@ def test_snakemake_refuses_bad_configs_at_parse_time(tmp_path, replace, message)
     terminal = proc.stdout + proc.stderr
     assert proc.returncode != 0 and re.search(message, terminal), terminal[-2000:]
     assert "Traceback" not in terminal
+
+
+@pytest.mark.parametrize("loader", ["webfg.train:load_model_config", "webfg.mae:load_mae_config"])
+def test_model_and_pretrain_entries_are_read_like_the_config(loader, tmp_path):
+    """`webfg train --config` and `webfg pretrain-mae --config` read YAML as the workflow
+    does: a duplicate key names its line instead of letting the last value win."""
+    import importlib
+
+    module, name = loader.split(":")
+    load = getattr(importlib.import_module(module), name)
+    path = tmp_path / "m.yaml"
+    path.write_text("arch: vit_tiny_patch16_224\nepochs: 2\nepochs: 30\n", encoding="utf-8")
+    with pytest.raises(InputError, match=re.escape(str(path)) + r":3: duplicate key 'epochs' \(first at line 2\)"):
+        load(path)
+    path.write_text("arch: vit_tiny_patch16_224\nepochs: 2\n", encoding="utf-8")
+    assert load(path).epochs == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -311,3 +312,14 @@ def test_two_one_gpu_jobs_run_side_by_side_on_disjoint_gpus(tmp_path):
     (a, a0, a1), (b, b0, b1) = jobs.values()
     assert {a, b} == {"0", "1"}, jobs  # disjoint device lists
     assert max(a0, b0) < min(a1, b1), jobs  # their lifetimes overlap: side by side
+
+
+def test_resource_defaults_are_the_schemas():
+    """A model entry without resources gets what config.schema.yaml documents, read from it."""
+    import yaml
+
+    schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml").read_text())
+    props = schema["properties"]["models"]["additionalProperties"]["properties"]["resources"]["properties"]
+    geometry = job_geometry({}, "models.m.resources")
+    assert {k: geometry[k] for k in props} == {k: v["default"] for k, v in props.items()}
+    assert job_geometry({"gpus": 2}, "models.m.resources")["cpus_per_gpu"] == props["cpus_per_gpu"]["default"]

@@ -62,7 +62,9 @@ def test_init_writes_a_config_that_validates_with_a_comment_on_every_key(tmp_pat
     assert config["data"]["num_classes"] == 3 and config["data"]["test_splits"] == ["testa", "testb"]
     assert list(config["rounds"]) == ["r0", "a1", "b1"]
     assert config["rounds"]["b1"]["pseudo"] == {"from": "a1", "splits": ["testa", "testb"], "threshold": 0.45}
-    assert config["final"]["redistribute"]["k"] == 9  # 0.9 x 30 test images / 3 classes
+    recipe = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    assert config["final"]["redistribute"] == recipe["final"]["redistribute"]
+    assert config["clean"]["noise_filter"] == recipe["clean"]["noise_filter"]
     assert all(m["resources"]["gpus"] == 0 for m in config["models"].values())  # 36 images: CPU tier
     assert "0=ant, 1=moth, 2=zebra" in inspect_dataset(root).summary()
 
@@ -105,6 +107,28 @@ def test_large_data_gets_gpu_models_and_resources(tmp_path):
     assert all(m["resources"]["gpus"] == 4 for m in config["models"].values())
     assert all(m["pretrained_file"] is None for m in config["models"].values())  # no checkpoint there
     assert config["clean"]["val_fraction"] == 0.02
+
+
+def test_init_writes_the_checkouts_recipes_not_a_copy(tmp_path):
+    """Model entries come from config/config.yaml (GPU tier) and config/demo.yaml (CPU tier):
+    only resources, checkpoints and the CPU tier's size and flips are init's own."""
+    root = make_dataset(tmp_path / "d", per_class=2, n_test=3)
+    report = inspect_dataset(root)
+    cpu = check_config_text(build_config(report, "d"))
+    report.class_counts = [GPU_TIER_IMAGES] * 3
+    gpu = check_config_text(build_config(report, "d", pretrained_dir=tmp_path / "none"))
+    for written, recipe_file, own in (
+        (gpu, "config/config.yaml", {"resources", "pretrained_file"}),
+        (cpu, "config/demo.yaml", {"resources", "img_size", "arch_kwargs", "hflip", "tta_flip"}),
+    ):
+        recipe = yaml.safe_load((REPO / recipe_file).read_text())["models"]
+        for name, entry in written["models"].items():
+            assert {k: v for k, v in entry.items() if k not in own} == {
+                k: v for k, v in recipe[name].items() if k not in own
+            }, name
+    vit = yaml.safe_load((REPO / "config/config.yaml").read_text())["models"]["vit_l_ce"]
+    assert gpu["models"]["vit_l_ce"]["arch_kwargs"] == vit["arch_kwargs"]  # class token kept, as the recipe
+    assert cpu["models"]["swin_arc"]["arch_kwargs"]["img_size"] == cpu["models"]["swin_arc"]["img_size"]
 
 
 @pytest.mark.parametrize(

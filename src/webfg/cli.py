@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from webfg.config import schema_default
 from webfg.io import InputError
 
 
@@ -292,11 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("root")
     s.add_argument("--out", default="results/clean")
     s.add_argument("--num-classes", type=int)
-    s.add_argument("--val-fraction", type=float, default=0.1)
-    s.add_argument("--val-min-per-class", type=int, default=1)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--val-fraction", type=float, default=schema_default("clean.val_fraction"))
+    s.add_argument("--val-min-per-class", type=int, default=schema_default("clean.val_min_per_class"))
+    s.add_argument("--seed", type=int, default=schema_default("clean.seed"))
     s.add_argument("--meta-all")
-    s.add_argument("--splits", nargs="*", default=["testa", "testb"])
+    s.add_argument("--splits", nargs="*", default=schema_default("data.test_splits"))
     s.set_defaults(func=_clean_split)
 
     s = sub.add_parser("train", help="train one model (resumes from its state folder)")
@@ -362,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument(
         "--power",
-        default="25",
+        default=str(schema_default("final.power")),
         help="weights (acc_i / min acc)^power; 0 = plain mean; auto = the "
         "power of {0, 1, 2, 4, 8, 16, 25} best on val, by mean per-class recall (needs --val-list)",
     )
@@ -389,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     s.add_argument("stem")
-    s.add_argument("--threshold", type=float, default=0.45)
+    s.add_argument("--threshold", type=float, default=schema_default("rounds.*.pseudo.threshold"))
     s.add_argument("--out", required=True)
     s.set_defaults(func=_pseudo)
 
@@ -410,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("stem")
     s.add_argument(
         "--method",
-        default="greedy",
+        default=schema_default("final.redistribute.method"),
         choices=["map", "greedy", "prior", "transport", "none"],
         help="map = training-prior logit adjustment + MAP-EM test prior (recommended: never "
         "below argmax in bench/); greedy = the original's; prior = prior correction toward "
@@ -421,13 +422,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--concentration",
         type=float,
-        default=4.0,
+        default=schema_default("final.redistribute.concentration"),
         help="map: Dirichlet pull of the test prior toward uniform, in N/C rows per class "
         "(0 = the rows alone, inf = uniform)",
     )
-    s.add_argument("--strength", type=float, default=1.0, help="prior/transport: 0 = argmax, 1 = full correction")
-    s.add_argument("--temperature", type=float, default=0.05, help="transport: final temperature")
-    s.add_argument("--candidates", type=int, default=16, help="map/prior/transport: classes considered per row")
+    s.add_argument(
+        "--strength",
+        type=float,
+        default=schema_default("final.redistribute.strength"),
+        help="prior/transport: 0 = argmax, 1 = full correction",
+    )
+    s.add_argument(
+        "--temperature",
+        type=float,
+        default=schema_default("final.redistribute.temperature"),
+        help="transport: final temperature",
+    )
+    s.add_argument(
+        "--candidates",
+        type=int,
+        default=schema_default("final.redistribute.candidates"),
+        help="map/prior/transport: classes considered per row",
+    )
     s.add_argument("--out", required=True)
     s.add_argument("--counts", required=True)
     s.set_defaults(func=_redistribute)

@@ -15,9 +15,13 @@ import re
 import shutil
 import sys
 
+from webfg.config import schema_default
 from webfg.io import InputError
 
-DEFAULTS = {"gpus": 0, "nodes": 1, "cpus_per_gpu": 4, "mem_mb": 4000, "runtime": 120}
+# a model's resources when its entry leaves them out: the config schema's defaults
+DEFAULTS = {
+    k: schema_default(f"models.*.resources.{k}") for k in ("gpus", "nodes", "cpus_per_gpu", "mem_mb", "runtime")
+}
 
 
 class ResourceError(InputError):

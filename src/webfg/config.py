@@ -5,6 +5,7 @@ time without importing torch (``check_arch`` alone imports timm)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
@@ -255,3 +256,32 @@ def _coerce(value, hint, where):
     if isinstance(hint, type) and isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
         return value
     raise InputError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+SCHEMA_PATH = "workflow/schemas/config.schema.yaml"  # relative to the checkout (editable install)
+
+
+@functools.cache
+def config_schema() -> dict:
+    """The workflow's config schema: the one source of every config default, which the
+    command-line options and the job-resource defaults read too."""
+    from pathlib import Path
+
+    from webfg.io import read_yaml
+
+    path = Path(__file__).resolve().parents[2] / SCHEMA_PATH
+    if not path.is_file():
+        raise InputError(f"{path}: the config schema is missing; webfg runs from its checkout (pip install -e)")
+    return read_yaml(path)
+
+
+def schema_default(key: str):
+    """The schema's default of a dotted config key; ``*`` steps into a mapping's entries,
+    e.g. ``models.*.resources.gpus`` or ``final.redistribute.method``."""
+    schema = config_schema()
+    node = schema
+    for part in key.split("."):
+        node = node["additionalProperties"] if part == "*" else node["properties"][part]
+        while "$ref" in node and "default" not in node:  # "#/a/b" -> schema["a"]["b"]
+            node = functools.reduce(lambda n, k: n[k], node["$ref"].removeprefix("#/").split("/"), schema)
+    return node["default"]

@@ -222,91 +222,92 @@ def _yaml(value) -> str:
     return text.removesuffix("\n").removesuffix("\n...").strip()
 
 
-def _cpu_models(img: int) -> dict[str, tuple[dict, str]]:
-    """The demo's two CPU-trainable families (from scratch), at ``img`` pixels."""
-    common = {
-        "img_size": (img, "train/test resolution (pixels)"),
-        "epochs": (8, "passes over the training list per round"),
-        "batch_size": (64, "images per step"),
-        "base_lr": (0.016, "learning rate per 1,024 images (lr = base_lr x batch / 1024)"),
-        "min_lr": (1.0e-5, "end of the cosine schedule"),
-        "warmup_epochs": (1, "linear warm-up"),
-        "hflip": (0.5, "horizontal flip probability (0 for text, digits, asymmetric objects)"),
-        "tta_flip": (True, "average predictions with the mirrored image"),
-        "crop_scale": ([0.6, 1.0], "RandomResizedCrop area range"),
-        "test_crop_pct": (1.0, "resize to img_size, no crop"),
-        "randaugment": (None, "null: RandAugment hurts small models trained from scratch"),
-        "soup_last": (2, "average the weights of the last N epochs"),
-    }
-    swin = {
-        "arch": ("swinv2_tiny_window8_256", "timm model name"),
-        "arch_kwargs": (
-            {"img_size": img, "window_size": 4, "embed_dim": 32, "depths": [2, 2, 2, 2], "num_heads": [2, 4, 8, 16]},
-            "a small Swin-V2 that trains on CPU",
-        ),
-        "head": ("arcface", "sub-centre ArcFace with adaptive margins + SoftmaxEQL"),
-        "margin_max": (0.2, "the recipe's 0.5 slows learning from scratch"),
-        **common,
-        "resources": (None, ""),
-    }
-    vit = {
-        "arch": ("vit_tiny_r_s16_p8_224", "ResNet stem + ViT: learns from scratch on CPU"),
-        "arch_kwargs": ({"img_size": img, "patch_size": 2, "depth": 4}, "a small hybrid ViT"),
-        "head": ("linear", "linear head, label smoothing, logit adjustment at inference"),
-        "mixup_alpha": (0.0, "Mixup/CutMix off: too slow to learn from scratch in few epochs"),
-        "cutmix_alpha": (0.0, "see mixup_alpha"),
-        **common,
-        "resources": (None, ""),
-    }
-    return {"swin_arc": (swin, "Swin-V2 family"), "vit_linear": (vit, "hybrid ViT family")}
+CHECKOUT = Path(__file__).resolve().parents[2]  # webfg is installed editable from its checkout
+# The model recipes init writes are the checkout's own configs, read at run time (one source):
+# the demo's two CPU families below GPU_TIER_IMAGES, the recipe's pretrained families above.
+RECIPES = {
+    "cpu": ("config/demo.yaml", {"swin_arc": "Swin-V2 family", "vit_linear": "hybrid ViT family"}),
+    "gpu": ("config/config.yaml", {"swinv2_b_arc": "Swin-V2-B family", "vit_l_ce": "ViT-L family"}),
+}
+# What init changes in the CPU recipe for data it knows nothing about (the demo's digits and
+# silhouettes are not mirror-symmetric; most photographs are)
+CPU_OVERRIDES = {
+    "hflip": (0.5, "horizontal flip probability (0 for text, digits, asymmetric objects)"),
+    "tta_flip": (True, "average predictions with the mirrored image"),
+}
+KEY_HELP = {  # a comment for recipe keys that carry none in their config file
+    "arch": "timm model name",
+    "arch_kwargs": "keyword arguments of the timm model",
+    "pretrained_file": "local checkpoint to fine-tune from",
+    "head": "linear (CE, smoothing, Mixup/CutMix, logit adjustment) or arcface (sub-centre ArcFace + SoftmaxEQL)",
+    "img_size": "train/test resolution (pixels)",
+    "epochs": "passes over the training list per round",
+    "batch_size": "images per step (per GPU)",
+    "base_lr": "learning rate per 1,024 images (lr = base_lr x batch / 1024)",
+    "min_lr": "end of the cosine schedule",
+    "warmup_epochs": "linear warm-up",
+    "warmup_lr_ratio": "warm-up starts at base_lr x this",
+    "layer_decay": "layer-wise lr decay for a pretrained ViT",
+    "drop_path": "stochastic depth",
+    "label_smoothing": "soft targets (linear head)",
+    "mixup_alpha": "Mixup (linear head; 0 = off)",
+    "cutmix_alpha": "CutMix (linear head; 0 = off)",
+    "margin_max": "largest ArcFace margin (rarest class)",
+    "crop_scale": "RandomResizedCrop area range",
+    "test_crop_pct": "test resize / centre crop",
+    "randaugment": "timm RandAugment policy (null: off)",
+    "random_erasing": "random erasing probability",
+    "mean": "input normalisation mean",
+    "std": "input normalisation std",
+    "soup_last": "average the weights of the last N epochs",
+    "logit_adjust_tau": "post-hoc logit adjustment (linear head; 0 = off)",
+}
 
 
-def _gpu_models(pretrained_dir: Path) -> dict[str, tuple[dict, str]]:
-    """The recipe's Swin-V2-B (ArcFace) and ViT-L (linear) fine-tuned from local checkpoints."""
+def read_recipe(tier: str) -> tuple[dict, dict]:
+    """(config, {(model, key): inline comment}) of the checkout's config for ``tier``."""
+    import re
 
-    def ckpt(name):
-        path = pretrained_dir / f"{name}.pth"
-        if path.exists():
-            return path.as_posix(), "local checkpoint to fine-tune from"
-        return None, f"null: trains from scratch; put {path.as_posix()} here and set this to fine-tune (recommended)"
+    from webfg.io import read_yaml
 
-    swin = {
-        "arch": ("swinv2_base_window12to24_192to384", "timm model name"),
-        "arch_kwargs": ({"img_size": 384}, "fine-tuned at 384 px"),
-        "pretrained_file": ckpt("swinv2_base_patch4_window12_192_22k"),
-        "head": ("arcface", "sub-centre ArcFace with adaptive margins + SoftmaxEQL"),
-        "img_size": (384, "train/test resolution (pixels)"),
-        "epochs": (20, "passes over the training list per round"),
-        "batch_size": (16, "images per GPU step"),
-        "base_lr": (1.0e-4, "learning rate per 1,024 images"),
-        "min_lr": (1.0e-5, "end of the cosine schedule"),
-        "warmup_epochs": (2, "linear warm-up"),
-        "warmup_lr_ratio": (1.0e-3, "warm-up starts at base_lr x this"),
-        "drop_path": (0.2, "stochastic depth"),
-        "test_crop_pct": (1.0, "resize to 384, no crop"),
-        "soup_last": (5, "average the weights of the last N epochs"),
-        "resources": (None, ""),
-    }
-    vit = {
-        "arch": ("vit_large_patch16_224", "timm model name"),
-        "arch_kwargs": (
-            {"img_size": 448, "global_pool": "avg", "class_token": False, "fc_norm": True},
-            "ViT-L/16 at 448 px, average-pooled tokens",
-        ),
-        "pretrained_file": ckpt("mae_vit_large_train_testa_1600e"),
-        "head": ("linear", "linear head, label smoothing, Mixup/CutMix, logit adjustment"),
-        "img_size": (448, "train/test resolution (pixels)"),
-        "epochs": (30, "passes over the training list per round"),
-        "batch_size": (16, "images per GPU step"),
-        "base_lr": (1.0e-3, "learning rate per 1,024 images"),
-        "min_lr": (1.0e-6, "end of the cosine schedule"),
-        "warmup_epochs": (5, "linear warm-up"),
-        "layer_decay": (0.75, "layer-wise lr decay for a pretrained ViT"),
-        "drop_path": (0.1, "stochastic depth"),
-        "test_crop_pct": (0.875, "short side 512, centre crop 448"),
-        "resources": (None, ""),
-    }
-    return {"swinv2_b_arc": (swin, "Swin-V2-B family"), "vit_l_ce": (vit, "ViT-L family")}
+    path = CHECKOUT / RECIPES[tier][0]
+    if not path.is_file():
+        raise InputError(f"{path}: webfg init takes its model recipes from the checkout's configs; file missing")
+    comments, model = {}, None
+    in_models = False
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if re.match(r"^\S", line):
+            in_models = line.startswith("models:")
+        elif in_models and (m := re.match(r"^  (\w+):", line)):
+            model = m.group(1)
+        elif in_models and model and (m := re.match(r"^    (\w+): .*?  +# (.+)$", line)):
+            comments[(model, m.group(1))] = m.group(2).strip()
+    return read_yaml(path), comments
+
+
+def _models(tier: str, img: int, pretrained_dir: Path) -> dict[str, tuple[dict, str]]:
+    """Model entries {name: ({key: (value, comment)}, family)} from the tier's recipe config,
+    resources left to ``_resources``; CPU models at ``img`` pixels, GPU models from the
+    checkpoints in ``pretrained_dir`` when they are there."""
+    config, comments = read_recipe(tier)
+    out = {}
+    for name, family in RECIPES[tier][1].items():
+        entry = {k: v for k, v in config["models"][name].items() if k != "resources"}
+        fields = {k: (v, comments.get((name, k)) or KEY_HELP.get(k, "see config/README.md")) for k, v in entry.items()}
+        if tier == "cpu":
+            fields["img_size"] = (img, "train/test resolution (pixels)")
+            fields["arch_kwargs"] = ({**entry.get("arch_kwargs", {}), "img_size": img}, fields["arch_kwargs"][1])
+            fields.update(CPU_OVERRIDES)
+        elif entry.get("pretrained_file"):
+            path = pretrained_dir / Path(entry["pretrained_file"]).name
+            fields["pretrained_file"] = (
+                (path.as_posix(), "local checkpoint to fine-tune from")
+                if path.exists()
+                else (None, f"null: trains from scratch; put {path.as_posix()} here and set this to fine-tune")
+            )
+        fields["resources"] = (config["models"][name].get("resources", {}), "")
+        out[name] = (fields, family)
+    return out
 
 
 def _resources(n_train: int, model: dict, gpu: bool) -> tuple[dict, str]:
@@ -328,10 +329,13 @@ def build_config(report: DatasetReport, data_root: str, pretrained_dir: Path = P
     C, n = len(report.class_counts), report.num_train
     gpu = n >= GPU_TIER_IMAGES
     median_side = statistics.median(min(w, h) for w, h in report.sizes) if report.sizes else 32
-    models = _gpu_models(pretrained_dir) if gpu else _cpu_models(32 if median_side < 64 else 64)
+    models = _models("gpu" if gpu else "cpu", 32 if median_side < 64 else 64, pretrained_dir)
+    recipe, _ = read_recipe("gpu")  # the recipe's clean, final and pseudo-label settings
     splits = list(report.test_counts)
     final_split = splits[-1]
-    k = max(1, math.floor(0.9 * report.test_counts[final_split] / C))
+    pseudo = next(r["pseudo"] for r in recipe["rounds"].values() if r.get("pseudo"))
+    pseudo = {k: v for k, v in pseudo.items() if k not in ("from", "splits")}  # threshold, scheme, ...
+    noise = recipe["clean"]["noise_filter"]
     min_count = min(report.class_counts)
     val_fraction = 0.1 if n < 50_000 else 0.02
     val_min = 3 if min_count >= 10 else 1
@@ -346,7 +350,7 @@ def build_config(report: DatasetReport, data_root: str, pretrained_dir: Path = P
         rounds.append(
             (
                 name,
-                {"models": names, "pseudo": {"from": prev, "splits": splits[: i + 1], "threshold": 0.45}},
+                {"models": names, "pseudo": {"from": prev, "splits": splits[: i + 1], **pseudo}},
                 f"cleaned list + pseudo-labels of {prev} on {' + '.join(splits[: i + 1])}",
             )
         )
@@ -373,11 +377,7 @@ def build_config(report: DatasetReport, data_root: str, pretrained_dir: Path = P
         f"  val_fraction: {val_fraction}  # share of each class held out to measure every model",
         f"  val_min_per_class: {val_min}  # at least this many val images per class (one always stays in train)",
         "  seed: 0  # seed of the stratified split",
-        "  noise_filter:  # after the first round",
-        "    enabled: true  # drop training samples the first round's ensemble finds implausible",
-        "    round: r0  # the round whose ensemble scores the training list",
-        "    max_label_prob: 0.05  # remove when the given label gets less than this ...",
-        "    min_top_prob: 0.5  # ... and another class at least this",
+        f"  noise_filter: {_yaml(noise)}  # the recipe's noisy-label filter (config/README.md)",
         "",
         "models:  # name -> hyper-parameters (webfg.config.ModelConfig) and resources",
     ]
@@ -388,6 +388,9 @@ def build_config(report: DatasetReport, data_root: str, pretrained_dir: Path = P
                 value, comment = _resources(n, fields, gpu)
                 out.append(f"    resources:  # {comment}")
                 out.append(f"      gpus: {value['gpus']}  # GPUs per training/inference job")
+                if gpu and "cpus_per_gpu" in fields["resources"][0]:
+                    cpus = fields["resources"][0]["cpus_per_gpu"]
+                    out.append(f"      cpus_per_gpu: {cpus}  # CPUs per GPU process (data loading)")
                 out.append(f"      mem_mb: {value['mem_mb']}  # memory per job (MB)")
                 out.append(f"      runtime: {value['runtime']}  # minutes per training job")
             else:
@@ -401,16 +404,15 @@ def build_config(report: DatasetReport, data_root: str, pretrained_dir: Path = P
             out.append("    pseudo:  # test images added to the training list with their predicted class")
             out.append(f"      from: {p['from']}  # the round whose ensemble makes them")
             out.append(f"      splits: {_yaml(p['splits'])}  # test splits to pseudo-label")
-            out.append(f"      threshold: {p['threshold']}  # keep an image when its top probability is above this")
+            for key, value in pseudo.items():
+                out.append(f"      {key}: {_yaml(value)}  # the recipe's selection (config/README.md)")
     out += [
         "",
         "final:  # the submission",
         f"  split: {final_split}  # the submitted test split",
         f"  members: {_yaml([[last, m] for m in names])}  # [round, model] pairs of the final ensemble",
-        "  power: 25  # weights (val acc / min val acc)^power; 0 = plain mean",
-        "  redistribute:  # towards balanced class counts",
-        "    method: greedy  # balance predicted class counts (assumes a roughly balanced test split); none = argmax",
-        f"    k: {k}  # a little below {report.test_counts[final_split]} images / {C} classes",
+        f"  power: {_yaml(recipe['final']['power'])}  # member weights (val acc / min val acc)^power; auto: chosen on val",
+        f"  redistribute: {_yaml(recipe['final']['redistribute'])}  # from predictions to labels (config/README.md)",
         "",
     ]
     return "\n".join(out)

@@ -48,7 +48,7 @@ from webfg.engine import (
     resolve_precision,
     threads_per_process,
 )
-from webfg.io import InputError, read_split_list
+from webfg.io import InputError, read_split_list, read_yaml
 
 
 class MaskedAutoencoder(nn.Module):
@@ -326,10 +326,8 @@ def pretrain(
 
 
 def load_mae_config(path) -> MAEConfig:
-    import yaml
-
-    with open(path, encoding="utf-8") as f:
-        d = yaml.safe_load(f) or {}
+    """A pretrain entry from a YAML file (duplicate keys and syntax errors name the line)."""
+    d = read_yaml(path) or {}
     try:
         return MAEConfig.from_dict(d, where=str(path))
     except (ValueError, TypeError) as e:  # unknown key, wrong type, missing arch

@@ -54,7 +54,7 @@ from webfg.engine import (  # noqa: F401 - re-exported
     threads_per_process,
 )
 from webfg.heads import SoftmaxEQL
-from webfg.io import InputError, read_split_list, write_text
+from webfg.io import InputError, read_split_list, read_yaml, write_text
 from webfg.model import Classifier
 from webfg.soup import soup
 
@@ -313,7 +313,5 @@ def write_history(path, history: list[dict]) -> None:
 
 
 def load_model_config(path) -> ModelConfig:
-    import yaml
-
-    with open(path, encoding="utf-8") as f:
-        return ModelConfig.from_dict(yaml.safe_load(f) or {}, where=str(path))
+    """A model entry from a YAML file (duplicate keys and syntax errors name the line)."""
+    return ModelConfig.from_dict(read_yaml(path) or {}, where=str(path))
