@@ -4,6 +4,7 @@ Fortran order, float64) read with the same values as the float16 original. ~5 s.
 
 import json
 import pickle
+import re
 import subprocess
 import sys
 import zipfile
@@ -540,3 +541,40 @@ def test_final_ensemble_is_float32_so_rounding_makes_no_ties(tmp_path):
     ensemble_predictions([tmp_path / "a", tmp_path / "b"], [1.0, 1.0], tmp_path / "e16", dtype=np.float16)
     e32, e16 = load_predictions(tmp_path / "e32")[0], load_predictions(tmp_path / "e16")[0]
     assert e32[0, 0] > e32[0, 1] and e16[0, 0] == e16[0, 1]
+
+
+ROW_FILES = {
+    "clean": b"testb/a.jpg\ntestb/b c.jpg\n",
+    "no-final-newline": b"testb/a.jpg\ntestb/b.jpg",
+    "crlf": b"testb/a.jpg\r\ntestb/b.jpg\r\n",
+    "bom": b"\xef\xbb\xbftestb/a.jpg\n",
+    "blank-line": b"testb/a.jpg\n\ntestb/b.jpg\n",
+    "nul": b"testb/a\x00.jpg\ntestb/b.jpg\n",
+    "next-line-char": "testb/a\x85b.jpg\n".encode(),
+    "line-separator": "testb/a\u2028b.jpg\n".encode(),
+    "form-feed": b"testb/a\x0cb.jpg\n",
+    "tab": b"testb/a\tb.jpg\n",
+    "absolute": b"/etc/passwd\n",
+    "climbing": b"testb/../../x.jpg\n",
+    "backslash": b"testb\\a.jpg\n",
+    "dots-in-name": b"testb/a..b.jpg\ntestb/..a.jpg\n",
+    "latin1": b"testb/caf\xe9.jpg\n",
+}
+
+
+@pytest.mark.parametrize("name", ROW_FILES)
+def test_fast_row_name_reader_agrees_with_the_list_reader(tmp_path, name):
+    """read_row_names (the fast path for 90,000 names x 17 members) returns what
+    read_split_list returns, or raises its error, on clean and damaged files alike."""
+    from webfg.io import read_split_list
+    from webfg.stream import read_row_names
+
+    path = tmp_path / "x.rows.txt"
+    path.write_bytes(ROW_FILES[name])
+    try:
+        want = read_split_list(path, labelled=False)
+    except InputError as e:
+        with pytest.raises(InputError, match=re.escape(str(e))):
+            read_row_names(path)
+    else:
+        assert read_row_names(path) == want

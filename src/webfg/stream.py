@@ -138,9 +138,12 @@ def read_row_names(path: Path) -> list[str]:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError:
         return read_split_list(path, labelled=False)  # its message names the byte
-    lines = text.splitlines()
+    lines = text.split("\n")  # as read_split_list splits (not str.splitlines: \x85, \u2028, ...)
+    if lines[-1] == "":
+        lines.pop()
     for line in lines:
-        if not line.strip() or line[0] in "/\ufeff" or "\\" in line or (".." in line and "/../" in f"/{line}/"):
+        # isprintable: no NUL, CR or other control character, no Unicode line separator
+        if not line.strip() or not line.isprintable() or line[0] in "/\ufeff" or "\\" in line or "/../" in f"/{line}/":
             return read_split_list(path, labelled=False)
     return lines
 
