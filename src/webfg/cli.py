@@ -154,13 +154,14 @@ def _ensemble(a):
 
 
 def _pseudo(a):
-    from webfg.io import load_predictions, write_split_list
-    from webfg.postprocess import pseudo_labels
+    from webfg.pseudo import check_scheme, make_pseudo
 
-    probs, rows, _ = load_predictions(a.stem)
-    pseudo = pseudo_labels(probs, rows, a.threshold)
-    write_split_list(a.out, pseudo)
-    print(f"kept {len(pseudo)} of {len(rows)}")
+    try:
+        check_scheme(a.scheme, a.threshold, a.min_threshold, a.fraction, "-")
+    except ValueError as e:
+        raise InputError(str(e).replace("-.", "--").replace("_", "-")) from None
+    out_yield = a.yield_tsv or a.out.removesuffix(".txt") + ".yield.tsv"
+    make_pseudo(a.stem, a.out, out_yield, a.scheme, a.threshold, a.min_threshold, a.fraction)
 
 
 def _merge_meta(a):
@@ -384,13 +385,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser(
         "pseudo",
-        help="pseudo-labels: rows whose max probability > threshold",
-        epilog="example: webfg pseudo results/a1/ensemble/testa --threshold 0.45 --out pseudo_testa.txt",
+        help="pseudo-labels of an ensemble (fixed threshold, or class-aware: adaptive, balanced)",
+        epilog="example: webfg pseudo results/a1/ensemble/testa --threshold 0.45 --out pseudo_testa.txt\n"
+        "         webfg pseudo results/a1/ensemble/testa --scheme balanced --fraction 0.8 --out p.txt",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     s.add_argument("stem")
-    s.add_argument("--threshold", type=float, default=0.45)
+    s.add_argument(
+        "--scheme",
+        default="fixed",
+        choices=["fixed", "adaptive", "balanced"],
+        help="fixed: max probability > threshold (the recipe); adaptive: per-class thresholds scaled "
+        "by each class's confident predictions; balanced: at most fraction*N/C per predicted class",
+    )
+    s.add_argument("--threshold", type=float, default=0.45, help="fixed/adaptive: the (highest) threshold")
+    s.add_argument("--min-threshold", type=float, default=0.2, help="adaptive/balanced: the lowest bar")
+    s.add_argument("--fraction", type=float, default=0.8, help="balanced: the per-class quota, times N/C")
     s.add_argument("--out", required=True)
+    s.add_argument("--yield-tsv", help="rows kept per fixed threshold (default: <out without .txt>.yield.tsv)")
     s.set_defaults(func=_pseudo)
 
     s = sub.add_parser("merge-meta", help="concatenate labelled lists (no path twice)")

@@ -1,14 +1,14 @@
 rule infer_probs:
     input:
-        model="results/{round}/train/{model}.pt",
-        val="results/clean/val.txt",
-        splits=expand("results/clean/{split}.txt", split=SPLITS),
+        model=L.model("{round}", "{model}"),
+        val=L.val_list,
+        splits=[L.split_list(s) for s in SPLITS],
     output:
-        expand(
-            "results/{{round}}/infer/{{model}}/{split}{ext}",
-            split=["val"] + SPLITS,
-            ext=[".npy", ".rows.txt", ".json"],
-        ),
+        [
+            f
+            for s in ["val"] + SPLITS
+            for f in prediction_files(L.prediction("{round}", "{model}", s))
+        ],
     log:
         "logs/{round}/infer/{model}.log",
     benchmark:
@@ -30,11 +30,11 @@ rule infer_probs:
 
 rule score_train:
     input:
-        model="results/{round}/train/{model}.pt",
-        val="results/clean/val.txt",
-        splits=["results/clean/train.txt"],
+        model=L.model("{round}", "{model}"),
+        val=L.val_list,
+        splits=[L.train_list],
     output:
-        prediction_files("results/{round}/infer/{model}/train"),
+        prediction_files(L.prediction("{round}", "{model}", "train")),
     log:
         "logs/{round}/infer/{model}.train.log",
     benchmark:
