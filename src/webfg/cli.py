@@ -87,16 +87,9 @@ def _pretrain_mae(a):
 
 
 def _infer(a):
-    from pathlib import Path
+    from webfg.infer import infer_lists
 
-    from webfg.infer import infer_splits
-    from webfg.io import read_split_list
-
-    splits = {"val": (None, Path(a.out_dir) / "val")}
-    for listing in a.lists:
-        name = Path(listing).stem
-        splits[name] = (read_split_list(listing, labelled=False), Path(a.out_dir) / name)
-    infer_splits(a.model, a.root, read_split_list(a.val_list), splits, threads=a.threads)
+    infer_lists(a.model, a.root, a.val_list, a.lists, a.out_dir, threads=a.threads)
 
 
 def _expand(paths, suffix: str) -> list[str]:
@@ -349,7 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--val-list", required=True)
     s.add_argument("--out-dir", required=True)
     s.add_argument("--threads", type=int)
-    s.add_argument("lists", nargs="*", help="unlabelled lists; each is written as <out-dir>/<list stem>.npy")
+    s.add_argument(
+        "lists", nargs="*", help="image lists (train.txt: labelled); each is written as <out-dir>/<list stem>.npy"
+    )
     s.set_defaults(func=_infer)
 
     s = sub.add_parser(

@@ -23,7 +23,7 @@ rule infer_probs:
         mem_mb=lambda w, attempt: infer_mem_mb(w.model) * attempt,
     params:
         root=DATA_ROOT,
-        splits=["val"] + SPLITS,
+        with_val=True,  # <list stem>.npy for each input list, and val.npy
     script:
         "../scripts/infer_probs.py"
 
@@ -49,6 +49,6 @@ rule score_train:
         mem_mb=lambda w, attempt: infer_mem_mb(w.model) * attempt,
     params:
         root=DATA_ROOT,
-        splits=["train"],
+        with_val=False,
     script:
         "../scripts/infer_probs.py"
