@@ -173,13 +173,13 @@ class Layout:
     def state_dir(self, rnd: str, model: str) -> str:
         return str(state_dir_of(self.model(rnd, model)))
 
-    def prediction(self, rnd: str, model: str, split: str) -> str:
-        """Stem of one model's predictions on a split (``.npy``, ``.rows.txt``, ``.json``)."""
-        return self._r(rnd, "infer", model, split)
+    def prediction(self, rnd: str, model: str, split: str, ext: str = "") -> str:
+        """One model's predictions on a split: the stem, or its ``ext`` file (``.npy``, ``.rows.txt``, ``.json``)."""
+        return self._r(rnd, "infer", model, split + ext)
 
-    def ensemble(self, rnd: str, split: str) -> str:
-        """Stem of a round's unweighted ensemble on a split."""
-        return self._r(rnd, "ensemble", split)
+    def ensemble(self, rnd: str, split: str, ext: str = "") -> str:
+        """A round's unweighted ensemble on a split: the stem, or its ``ext`` file."""
+        return self._r(rnd, "ensemble", split + ext)
 
     def pseudo(self, rnd: str, split: str, tag: str) -> str:
         """Pseudo-labels made by round ``rnd``'s ensemble on ``split`` (tag: ``pseudo_tag``)."""

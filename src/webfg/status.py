@@ -101,13 +101,13 @@ def collect_status(config: dict, workdir=".") -> dict:
             done_epochs = last_epoch(workdir / layout.state_dir(rnd, model))
             if train != DONE and done_epochs:
                 train += f" (epoch {done_epochs}/{epochs})"
-            infer = states([layout.prediction(rnd, model, s) + ".npy" for s in ["val", *splits]])
+            infer = states([layout.prediction(rnd, model, s, ".npy") for s in ["val", *splits]])
             entry = {"model": model, "train": train, "infer": infer}
             for stage, state_of_stage in (("train", train), ("infer", infer)):
                 if state_of_stage.startswith(RUNNING):
                     entry["progress"] = last_progress(workdir / layout.job_log(rnd, stage, model))
             models.append(entry)
-        ensemble = states([layout.ensemble(rnd, s) + ".npy" for s in splits])
+        ensemble = states([layout.ensemble(rnd, s, ".npy") for s in splits])
         rounds.append({"round": rnd, "models": models, "ensemble": ensemble})
     final = {
         "clean": state(layout.train_list),

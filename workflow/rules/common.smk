@@ -291,12 +291,12 @@ def pseudo_lists(rnd):
 
 def round_predictions(rnd, split):
     return [
-        L.prediction(rnd, m, split) + ".npy" for m in config["rounds"][rnd]["models"]
+        L.prediction(rnd, m, split, ".npy") for m in config["rounds"][rnd]["models"]
     ]
 
 
 def round_targets(rnd):
-    return [L.ensemble(rnd, s) + ".npy" for s in SPLITS]
+    return [L.ensemble(rnd, s, ".npy") for s in SPLITS]
 
 
 def all_targets():

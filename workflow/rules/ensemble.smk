@@ -19,7 +19,7 @@ rule ensemble_probs:
 
 rule make_pseudo:
     input:
-        L.ensemble("{round}", "{split}") + ".npy",
+        L.ensemble("{round}", "{split}", ".npy"),
     output:
         pseudo=L.pseudo("{round}", "{split}", "{tag}"),
         yield_tsv=L.pseudo_yield("{round}", "{split}", "{tag}"),

@@ -25,7 +25,7 @@ rule plot_history:
 rule plot_val_accuracy:
     input:
         [
-            L.prediction(r, m, "val") + ".json"
+            L.prediction(r, m, "val", ".json")
             for r in ROUNDS
             for m in config["rounds"][r]["models"]
         ],

@@ -1,9 +1,9 @@
 rule final_ensemble:
     input:
         members=[
-            L.prediction(r, m, FINAL["split"]) + ".npy" for r, m in FINAL["members"]
+            L.prediction(r, m, FINAL["split"], ".npy") for r, m in FINAL["members"]
         ],
-        val=[L.prediction(r, m, "val") + ".npy" for r, m in FINAL["members"]],
+        val=[L.prediction(r, m, "val", ".npy") for r, m in FINAL["members"]],
         val_list=L.val_list,
     output:
         prediction_files(L.final_ensemble),
@@ -26,7 +26,7 @@ rule final_ensemble:
 
 rule redistribute:
     input:
-        ensemble=L.final_ensemble + ".npy",
+        ensemble=f"{L.final_ensemble}.npy",
         train_list=L.train_list,  # map: the training prior it corrects
     output:
         labels=L.final_labels,

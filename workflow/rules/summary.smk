@@ -22,7 +22,8 @@ if ANSWERS:
         conda:
             "../../envs/webfg.yaml"
         params:
-            results=L.results,
+            # webfg.layout's results folder: the one summary.tsv is written to
+            results=lambda w, output: os.path.dirname(output.tsv),
             answers=ANSWERS,
             rounds=config["rounds"],
             splits=SPLITS,
