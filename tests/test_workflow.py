@@ -222,7 +222,9 @@ def test_tiny_pseudo_labels_are_the_confident_ensemble_argmax(tiny_run):
     merged = read_split_list(tiny_run / "results/a1/meta/train.txt")
     base = read_split_list(tiny_run / "results/clean/train_filtered.txt")
     assert merged == base + sorted(pseudo.items(), key=lambda kv: rows.index(kv[0]))
-    assert_cli_writes_the_rules_bytes(tiny_run, "results/r0/ensemble/testa", "results/r0/pseudo/testa@0.3", [])
+    assert_cli_writes_the_rules_bytes(
+        tiny_run, "results/r0/ensemble/testa", "results/r0/pseudo/testa@0.3", ["--threshold", "0.3"]
+    )
 
 
 def assert_cli_writes_the_rules_bytes(workdir, stem, rule_out, options):
@@ -241,8 +243,9 @@ def test_tiny_balanced_round_selects_what_select_does(tiny_run, tmp_path):
     path, config = balanced_config(tmp_path)
     L = Layout()
     listing = L.pseudo("r0", "testa", BALANCED_TAG)
-    out = snakemake(work, "--configfile", str(path), listing, L.meta_train("a1")).stdout
-    assert "train_model" not in job_counts(out)
+    proc = snakemake(work, listing, L.meta_train("a1"), "--configfile", str(path))
+    counts = job_counts(proc.stdout + proc.stderr)
+    assert counts["make_pseudo"] == 1 and "train_model" not in counts, counts
     probs, rows, _ = load_predictions(work / L.ensemble("r0", "testa"))
     confidence, predicted = confidence_and_label(probs)
     chosen = select(confidence, predicted, probs.shape[1], "balanced", min_threshold=0.2, fraction=0.5)
