@@ -61,7 +61,12 @@ def test_init_writes_a_config_that_validates_with_a_comment_on_every_key(tmp_pat
     assert config == yaml.safe_load(text)
     assert config["data"]["num_classes"] == 3 and config["data"]["test_splits"] == ["testa", "testb"]
     assert list(config["rounds"]) == ["r0", "a1", "b1"]
-    assert config["rounds"]["b1"]["pseudo"] == {"from": "a1", "splits": ["testa", "testb"], "threshold": 0.45}
+    assert config["rounds"]["b1"]["pseudo"] == {
+        "from": "a1",
+        "splits": ["testa", "testb"],
+        "scheme": "fixed",
+        "threshold": 0.45,
+    }
     assert config["final"]["redistribute"]["k"] == 9  # 0.9 x 30 test images / 3 classes
     assert all(m["resources"]["gpus"] == 0 for m in config["models"].values())  # 36 images: CPU tier
     assert "0=ant, 1=moth, 2=zebra" in inspect_dataset(root).summary()

@@ -146,10 +146,10 @@ def balanced_config(tmp_path) -> tuple[Path, dict]:
 
 
 def dry_run_jobs(output: str) -> dict[str, list[dict[str, list[str]]]]:
-    """rule -> the input and output lists of each of its jobs in a dry run's listing."""
+    """rule -> the input, output and log lists of each of its jobs in a dry run's listing."""
     jobs: dict[str, list] = {}
     for m in re.finditer(r"^(?:local)?rule (\w+):\n((?:    .*\n?)*)", output, re.M):
-        fields = {"input": [], "output": []}
+        fields = {"input": [], "output": [], "log": []}
         for line in m.group(2).splitlines():
             key, _, value = line.strip().partition(": ")
             if key in fields:
@@ -172,6 +172,8 @@ def test_dry_run_paths_are_the_layouts(tmp_path):
     assert outputs("make_pseudo") == {f for src in sources for f in (L.pseudo(*src), L.pseudo_yield(*src))}
     models = [(r, m) for r in rounds for m in rounds[r]["models"]]
     assert outputs("train_model") == {f for r, m in models for f in (L.model(r, m), L.history(r, m))}
+    # where webfg status looks for a running job's progress
+    assert {f for job in jobs["train_model"] for f in job["log"]} == {L.job_log(r, "train", m) for r, m in models}
     assert outputs("infer_probs") == {
         f for r, m in models for s in ["val", *splits] for f in prediction_files(L.prediction(r, m, s))
     }

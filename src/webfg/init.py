@@ -346,7 +346,10 @@ def build_config(report: DatasetReport, data_root: str, pretrained_dir: Path = P
         rounds.append(
             (
                 name,
-                {"models": names, "pseudo": {"from": prev, "splits": splits[: i + 1], "threshold": 0.45}},
+                {
+                    "models": names,
+                    "pseudo": {"from": prev, "splits": splits[: i + 1], "scheme": "fixed", "threshold": 0.45},
+                },
                 f"cleaned list + pseudo-labels of {prev} on {' + '.join(splits[: i + 1])}",
             )
         )
@@ -401,6 +404,9 @@ def build_config(report: DatasetReport, data_root: str, pretrained_dir: Path = P
             out.append("    pseudo:  # test images added to the training list with their predicted class")
             out.append(f"      from: {p['from']}  # the round whose ensemble makes them")
             out.append(f"      splits: {_yaml(p['splits'])}  # test splits to pseudo-label")
+            out.append(
+                f"      scheme: {p['scheme']}  # fixed = the recipe's; class-aware: adaptive, balanced (config/README.md)"
+            )
             out.append(f"      threshold: {p['threshold']}  # keep an image when its top probability is above this")
     out += [
         "",

@@ -10,7 +10,7 @@ rule infer_probs:
             for f in prediction_files(L.prediction("{round}", "{model}", s))
         ],
     log:
-        "logs/{round}/infer/{model}.log",
+        L.job_log("{round}", "infer", "{model}"),
     benchmark:
         "benchmarks/{round}/infer/{model}.tsv"
     conda:

@@ -29,7 +29,7 @@ rule train_model:
             caption="../report/history.rst",
         ),
     log:
-        "logs/{round}/train/{model}.log",
+        L.job_log("{round}", "train", "{model}"),  # webfg status reads the progress there
     benchmark:
         "benchmarks/{round}/train/{model}.tsv"
     conda:
