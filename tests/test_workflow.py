@@ -14,15 +14,22 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
+from snakemake.utils import validate
 
-from webfg.evaluate import load_answers
+from webfg.cli import main as webfg_main
+from webfg.evaluate import load_answers, pseudo_precision
 from webfg.io import load_predictions, read_split_list
-from webfg.postprocess import ensemble_weights
+from webfg.layout import Layout, prediction_files, pseudo_sources
+from webfg.postprocess import confidence_and_label, ensemble_weights
+from webfg.pseudo import select
+from webfg.summary import summary_inputs
 
 pytestmark = pytest.mark.dag
 
@@ -105,6 +112,79 @@ def test_config_errors_name_the_key(tmp_path):
     assert "models.swin_arc.head: 'cosface' is not one of" in proc.stdout + proc.stderr
 
 
+def test_pseudo_selection_errors_name_the_key(tmp_path):
+    tiny = (REPO / "config/tiny.yaml").read_text()
+    for setting, message in [
+        ("scheme: adaptive, threshold: 0.3, min_threshold: 0.5", "rounds.a1.pseudo.min_threshold: 0.5 must lie in"),
+        ("scheme: balanced, fraction: 1.5", "rounds.a1.pseudo.fraction: 1.5 is outside (0, 1]"),
+        ("scheme: flexmatch", "rounds.a1.pseudo.scheme: 'flexmatch' is not one of"),
+    ]:
+        (tmp_path / "bad.yaml").write_text(
+            tiny.replace("splits: [testa], threshold: 0.3", f"splits: [testa], {setting}")
+        )
+        proc = snakemake(tmp_path, "-n", "--configfile", str(tmp_path / "bad.yaml"), check=False)
+        assert proc.returncode != 0 and message in proc.stdout + proc.stderr, setting
+
+
+# a1 of config/tiny.yaml selected class-balanced: at most 0.5 * N/C per predicted class, above 0.2
+BALANCED = ("splits: [testa], threshold: 0.3", "splits: [testa], scheme: balanced, fraction: 0.5, min_threshold: 0.2")
+BALANCED_TAG = "balanced0.5-min0.2"
+
+
+def workflow_config(path) -> dict:
+    """A config file as the workflow sees it: schema defaults filled."""
+    config = yaml.safe_load(Path(path).read_text())
+    validate(config, str(REPO / "workflow/schemas/config.schema.yaml"))
+    return config
+
+
+def balanced_config(tmp_path) -> tuple[Path, dict]:
+    """config/tiny.yaml with a balanced a1 (written to tmp_path), and its workflow config."""
+    path = tmp_path / "balanced.yaml"
+    path.write_text((REPO / "config/tiny.yaml").read_text().replace(*BALANCED))
+    return path, workflow_config(path)
+
+
+def dry_run_jobs(output: str) -> dict[str, list[dict[str, list[str]]]]:
+    """rule -> the input, output and log lists of each of its jobs in a dry run's listing."""
+    jobs: dict[str, list] = {}
+    for m in re.finditer(r"^(?:local)?rule (\w+):\n((?:    .*\n?)*)", output, re.M):
+        fields = {"input": [], "output": [], "log": []}
+        for line in m.group(2).splitlines():
+            key, _, value = line.strip().partition(": ")
+            if key in fields:
+                fields[key] = value.split(", ")
+        jobs.setdefault(m.group(1), []).append(fields)
+    return jobs
+
+
+def test_dry_run_paths_are_the_layouts(tmp_path):
+    """The paths the rules (common.smk) produce equal webfg.layout's, which the package reads back."""
+    path, config = balanced_config(tmp_path)
+    jobs = dry_run_jobs(snakemake(tmp_path, "-n", "--configfile", str(path)).stdout)
+    L, rounds, splits = Layout(), config["rounds"], config["data"]["test_splits"]
+
+    def outputs(rule):
+        return {f for job in jobs[rule] for f in job["output"]}
+
+    sources = [src for r in rounds for src in pseudo_sources(rounds[r])]
+    assert sources[0] == ("r0", "testa", BALANCED_TAG)
+    assert outputs("make_pseudo") == {f for src in sources for f in (L.pseudo(*src), L.pseudo_yield(*src))}
+    models = [(r, m) for r in rounds for m in rounds[r]["models"]]
+    assert outputs("train_model") == {f for r, m in models for f in (L.model(r, m), L.history(r, m))}
+    # where webfg status looks for a running job's progress
+    assert {f for job in jobs["train_model"] for f in job["log"]} == {L.job_log(r, "train", m) for r, m in models}
+    assert outputs("infer_probs") == {
+        f for r, m in models for s in ["val", *splits] for f in prediction_files(L.prediction(r, m, s))
+    }
+    assert outputs("merge_meta") == {L.meta_train(r) for r in rounds}
+    a1_meta = next(job for job in jobs["merge_meta"] if job["output"] == [L.meta_train("a1")])
+    assert a1_meta["input"] == [L.train_filtered, L.pseudo("r0", "testa", BALANCED_TAG)]
+    declared = summary_inputs(L, rounds, splits, config["final"], config["clean"]["noise_filter"]["enabled"])
+    assert sorted(jobs["summarize"][0]["input"]) == sorted(f for files in declared.values() for f in files)
+    assert L.plot_pseudo("r0", "testa", BALANCED_TAG) in jobs["all"][0]["input"]
+
+
 def test_round_target_builds_only_that_round(tmp_path):
     out = snakemake(tmp_path, "-n", "round_r0", "--configfile", str(REPO / "config/tiny.yaml")).stdout
     counts = job_counts(out)
@@ -144,6 +224,43 @@ def test_tiny_pseudo_labels_are_the_confident_ensemble_argmax(tiny_run):
     merged = read_split_list(tiny_run / "results/a1/meta/train.txt")
     base = read_split_list(tiny_run / "results/clean/train_filtered.txt")
     assert merged == base + sorted(pseudo.items(), key=lambda kv: rows.index(kv[0]))
+    assert_cli_writes_the_rules_bytes(
+        tiny_run, "results/r0/ensemble/testa", "results/r0/pseudo/testa@0.3", ["--threshold", "0.3"]
+    )
+
+
+def assert_cli_writes_the_rules_bytes(workdir, stem, rule_out, options):
+    """`webfg pseudo` on the rule's input writes the rule's two files byte for byte."""
+    with tempfile.TemporaryDirectory() as tmp:
+        webfg_main(["pseudo", str(workdir / stem), *options, "--out", f"{tmp}/p.txt"])
+        assert Path(f"{tmp}/p.txt").read_bytes() == (workdir / f"{rule_out}.txt").read_bytes()
+        assert Path(f"{tmp}/p.yield.tsv").read_bytes() == (workdir / f"{rule_out}.yield.tsv").read_bytes()
+
+
+def test_tiny_balanced_round_selects_what_select_does(tiny_run, tmp_path):
+    """A round with class-balanced selection: its pseudo-labels are select()'s on the same
+    probabilities (r0's results reused: only the new pseudo-labels and a1's list are made)."""
+    work = tmp_path / "run"
+    shutil.copytree(tiny_run, work, symlinks=True)
+    path, config = balanced_config(tmp_path)
+    L = Layout()
+    listing = L.pseudo("r0", "testa", BALANCED_TAG)
+    proc = snakemake(work, listing, L.meta_train("a1"), "--configfile", str(path))
+    counts = job_counts(proc.stdout + proc.stderr)
+    assert counts["make_pseudo"] == 1 and "train_model" not in counts, counts
+    probs, rows, _ = load_predictions(work / L.ensemble("r0", "testa"))
+    confidence, predicted = confidence_and_label(probs)
+    chosen = select(confidence, predicted, probs.shape[1], "balanced", min_threshold=0.2, fraction=0.5)
+    expected = [(rows[i], int(predicted[i])) for i in np.flatnonzero(chosen.keep)]
+    assert read_split_list(work / listing) == expected and expected
+    quota = round(0.5 * len(rows) / probs.shape[1])
+    counts = chosen.per_class_counts(predicted)
+    fixed = np.bincount(predicted[confidence > 0.3], minlength=probs.shape[1])
+    assert counts.max() <= quota and (counts != fixed).any(), (counts, fixed)  # a real difference from fixed
+    merged = read_split_list(work / L.meta_train("a1"))
+    assert merged == read_split_list(work / L.train_filtered) + expected
+    options = ["--scheme", "balanced", "--fraction", "0.5", "--min-threshold", "0.2"]
+    assert_cli_writes_the_rules_bytes(work, L.ensemble("r0", "testa"), listing[: -len(".txt")], options)
 
 
 def test_tiny_summary_scores_every_round(tiny_run):
@@ -160,6 +277,17 @@ def test_tiny_summary_scores_every_round(tiny_run):
     ]
     assert all(0 <= float(r["accuracy_testb"]) <= 1 for r in table[:5])
     assert table[5]["removal_recall"] == "1.0000"
+    # the pseudo-label columns, recomputed from the lists the rounds trained on and the answer key
+    rounds = workflow_config(REPO / "config/tiny.yaml")["rounds"]
+    answers = {}
+    for split in ("testa", "testb"):
+        answers.update(load_answers(tiny_run / f"data/tiny/answers/{split}.txt"))
+    for row in table[:3]:
+        sources = pseudo_sources(rounds[row["stage"]])
+        labelled = [x for src in sources for x in read_split_list(tiny_run / Layout().pseudo(*src))]
+        assert int(row["pseudo_images"]) == len(labelled)
+        assert row["pseudo_precision"] == (f"{pseudo_precision(labelled, answers):.4f}" if labelled else "")
+    assert int(table[1]["pseudo_images"]) > 0
     summary = json.loads((tiny_run / "results/summary.json").read_text())
     assert summary["clean_split"]["recall"] == 1.0  # every injected file fault is caught
 

@@ -88,16 +88,9 @@ def _pretrain_mae(a):
 
 
 def _infer(a):
-    from pathlib import Path
+    from webfg.infer import infer_lists
 
-    from webfg.infer import infer_splits
-    from webfg.io import read_split_list
-
-    splits = {"val": (None, Path(a.out_dir) / "val")}
-    for listing in a.lists:
-        name = Path(listing).stem
-        splits[name] = (read_split_list(listing, labelled=False), Path(a.out_dir) / name)
-    infer_splits(a.model, a.root, read_split_list(a.val_list), splits, threads=a.threads)
+    infer_lists(a.model, a.root, a.val_list, a.lists, a.out_dir, threads=a.threads)
 
 
 def _expand(paths, suffix: str) -> list[str]:
@@ -155,13 +148,14 @@ def _ensemble(a):
 
 
 def _pseudo(a):
-    from webfg.io import load_predictions, write_split_list
-    from webfg.postprocess import pseudo_labels
+    from webfg.pseudo import check_scheme, make_pseudo
 
-    probs, rows, _ = load_predictions(a.stem)
-    pseudo = pseudo_labels(probs, rows, a.threshold)
-    write_split_list(a.out, pseudo)
-    print(f"kept {len(pseudo)} of {len(rows)}")
+    try:
+        check_scheme(a.scheme, a.threshold, a.min_threshold, a.fraction, "-")
+    except ValueError as e:
+        raise InputError(str(e).replace("-.", "--").replace("_", "-")) from None
+    out_yield = a.yield_tsv or a.out.removesuffix(".txt") + ".yield.tsv"
+    make_pseudo(a.stem, a.out, out_yield, a.scheme, a.threshold, a.min_threshold, a.fraction)
 
 
 def _merge_meta(a):
@@ -349,7 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--val-list", required=True)
     s.add_argument("--out-dir", required=True)
     s.add_argument("--threads", type=int)
-    s.add_argument("lists", nargs="*", help="unlabelled lists; each is written as <out-dir>/<list stem>.npy")
+    s.add_argument(
+        "lists", nargs="*", help="image lists (train.txt: labelled); each is written as <out-dir>/<list stem>.npy"
+    )
     s.set_defaults(func=_infer)
 
     s = sub.add_parser(
@@ -385,13 +381,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser(
         "pseudo",
-        help="pseudo-labels: rows whose max probability > threshold",
-        epilog="example: webfg pseudo results/a1/ensemble/testa --threshold 0.45 --out pseudo_testa.txt",
+        help="pseudo-labels of an ensemble (fixed threshold, or class-aware: adaptive, balanced)",
+        epilog="example: webfg pseudo results/a1/ensemble/testa --threshold 0.45 --out pseudo_testa.txt\n"
+        "         webfg pseudo results/a1/ensemble/testa --scheme balanced --fraction 0.8 --out p.txt",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     s.add_argument("stem")
-    s.add_argument("--threshold", type=float, default=schema_default("rounds.*.pseudo.threshold"))
+    s.add_argument(
+        "--scheme",
+        default=schema_default("rounds.*.pseudo.scheme"),
+        choices=["fixed", "adaptive", "balanced"],
+        help="fixed: max probability > threshold (the recipe); adaptive: per-class thresholds scaled "
+        "by each class's confident predictions; balanced: at most fraction*N/C per predicted class",
+    )
+    s.add_argument(
+        "--threshold",
+        type=float,
+        default=schema_default("rounds.*.pseudo.threshold"),
+        help="fixed/adaptive: the (highest) threshold",
+    )
+    s.add_argument(
+        "--min-threshold",
+        type=float,
+        default=schema_default("rounds.*.pseudo.min_threshold"),
+        help="adaptive/balanced: the lowest bar",
+    )
+    s.add_argument(
+        "--fraction",
+        type=float,
+        default=schema_default("rounds.*.pseudo.fraction"),
+        help="balanced: the per-class quota, times N/C",
+    )
     s.add_argument("--out", required=True)
+    s.add_argument("--yield-tsv", help="rows kept per fixed threshold (default: <out without .txt>.yield.tsv)")
     s.set_defaults(func=_pseudo)
 
     s = sub.add_parser("merge-meta", help="concatenate labelled lists (no path twice)")

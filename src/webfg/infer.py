@@ -76,3 +76,23 @@ def infer_splits(model_path, root, val_list, splits: dict, model_name: str = "",
         log(f"{split}: {len(relpaths)} images")
         save_predictions(stem, predict_probs(model, root, relpaths, log=log, workers=workers), relpaths, meta)
     return val_accuracy
+
+
+def infer_lists(
+    model_path, root, val_list, lists, out_dir, with_val: bool = True, model_name: str = "", threads=None, log=print
+) -> float:
+    """The inference stage (the rules and ``webfg infer`` both call it): predict the labelled
+    ``val_list`` and each image list, written as ``<out_dir>/<list stem>`` (.npy, .rows.txt,
+    .json), val too when ``with_val``. A list named ``train`` (the cleaned training list,
+    scored for the noise filter) is labelled: its paths are predicted."""
+    from pathlib import Path
+
+    from webfg.io import read_split_list
+
+    out_dir = Path(out_dir)
+    splits = {"val": (None, out_dir / "val")} if with_val else {}
+    for listing in lists:
+        name = Path(listing).stem
+        rows = read_split_list(listing, labelled=name == "train")
+        splits[name] = ([r[0] for r in rows] if name == "train" else rows, out_dir / name)
+    return infer_splits(model_path, root, read_split_list(val_list), splits, model_name, threads, log)

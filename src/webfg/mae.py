@@ -49,6 +49,7 @@ from webfg.engine import (
     threads_per_process,
 )
 from webfg.io import InputError, read_split_list, read_yaml
+from webfg.layout import history_of, state_dir_of
 
 
 class MaskedAutoencoder(nn.Module):
@@ -214,7 +215,7 @@ def pretrain(
 
     Runs as one of several processes when launched by torchrun or srun; only rank 0 writes."""
     out_path = Path(out_path)
-    state_dir = Path(state_dir) if state_dir else out_path.with_suffix(".state")
+    state_dir = Path(state_dir) if state_dir else state_dir_of(out_path)
     lists = [Path(train_list), *map(Path, unlabelled_lists)]
     relpaths = [p for p, _ in read_split_list(train_list)]
     for path in lists[1:]:
@@ -312,7 +313,7 @@ def pretrain(
 
         log(f"pre-trained {cfg.epochs} epochs ({time.time() - t_start:.0f}s this run) -> {out_path}")
         if env.is_main:
-            write_history(out_path.with_suffix(".history.tsv"), engine.history)
+            write_history(history_of(out_path), engine.history)
             save_torch({k: v.cpu() for k, v in model.encoder_state_dict().items()}, out_path)
             shutil.rmtree(state_dir, ignore_errors=True)
         distributed.barrier()

@@ -405,6 +405,11 @@ def _row_max_argmax(probs: np.ndarray, chunk_rows: int = CHUNK_ROWS) -> tuple[np
     return top, arg
 
 
+def confidence_and_label(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row max probability (float64) and argmax (int64): what pseudo-label selection sees."""
+    return _row_max_argmax(probs)
+
+
 def predicted_labels(probs: np.ndarray, chunk_rows: int = CHUNK_ROWS) -> np.ndarray:
     """Argmax per row (int64; the first maximum wins, like ``np.argmax``)."""
     return _row_max_argmax(probs, chunk_rows)[1]

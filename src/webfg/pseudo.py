@@ -24,6 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from webfg.io import load_predictions, write_split_list, write_text
+from webfg.postprocess import confidence_and_label
+
 SCHEMES = ("fixed", "adaptive", "balanced")
 
 
@@ -45,8 +48,10 @@ def check_scheme(scheme: str, threshold: float, min_threshold: float, fraction: 
         raise ValueError(f"{where}.scheme: {scheme!r} is not one of {list(SCHEMES)}")
     if not 0.0 <= threshold < 1.0:
         raise ValueError(f"{where}.threshold: {threshold} is outside [0, 1)")
-    if scheme != "fixed" and not 0.0 <= min_threshold <= threshold:
+    if scheme == "adaptive" and not 0.0 <= min_threshold <= threshold:
         raise ValueError(f"{where}.min_threshold: {min_threshold} must lie in [0, threshold = {threshold}]")
+    if scheme == "balanced" and not 0.0 <= min_threshold < 1.0:  # the quota's floor; threshold is unused
+        raise ValueError(f"{where}.min_threshold: {min_threshold} is outside [0, 1)")
     if scheme == "balanced" and not 0.0 < fraction <= 1.0:
         raise ValueError(f"{where}.fraction: {fraction} is outside (0, 1]")
 
@@ -89,3 +94,44 @@ def select(
         if len(rows) == quota:  # the quota, not the floor, was the binding limit
             thresholds[c] = confidence[rows[-1]]
     return Selection(keep, thresholds)
+
+
+# the yield table's sweep: how many rows a fixed threshold would keep, next to the scheme's choice
+YIELD_THRESHOLDS = np.round(np.arange(0.05, 1.0, 0.05), 2)
+
+
+def yield_table(confidence: np.ndarray) -> str:
+    """TSV ``threshold kept fraction``: rows above each threshold of YIELD_THRESHOLDS."""
+    n = max(1, confidence.size)
+    lines = ["threshold\tkept\tfraction\n"]
+    for t in YIELD_THRESHOLDS:
+        kept = int(np.count_nonzero(confidence > t))
+        lines.append(f"{t:g}\t{kept}\t{kept / n:.4f}\n")
+    return "".join(lines)
+
+
+def make_pseudo(
+    ensemble_stem,
+    out_list,
+    out_yield,
+    scheme: str = "fixed",
+    threshold: float = 0.45,
+    min_threshold: float = 0.2,
+    fraction: float = 0.8,
+    log=print,
+) -> Selection:
+    """The pseudo-label stage: an ensemble's predictions -> ``out_list`` (``relpath label`` of
+    the selected rows, in row order) and ``out_yield`` (yield_table). The rule and
+    ``webfg pseudo`` both call this."""
+    probs, relpaths, _ = load_predictions(ensemble_stem)
+    confidence, predicted = confidence_and_label(probs)
+    chosen = select(confidence, predicted, probs.shape[1], scheme, threshold, min_threshold, fraction)
+    rows = np.flatnonzero(chosen.keep)
+    write_split_list(out_list, [(relpaths[i], int(predicted[i])) for i in rows])
+    write_text(out_yield, yield_table(confidence))
+    per_class = chosen.per_class_counts(predicted)
+    log(
+        f"{scheme}: kept {rows.size} of {len(relpaths)}; per class min {per_class.min()}, "
+        f"max {per_class.max()}, {int(np.count_nonzero(per_class == 0))} classes without any"
+    )
+    return chosen

@@ -19,6 +19,8 @@ import re
 from base64 import urlsafe_b64decode
 from pathlib import Path
 
+from webfg.layout import Layout
+
 DONE, RUNNING, INTERRUPTED, PENDING = "done", "running", "interrupted", "pending"
 
 
@@ -72,7 +74,7 @@ def last_progress(log: Path, tail_bytes: int = 8192) -> str:
 
 def collect_status(config: dict, workdir=".") -> dict:
     """Per round and model: training and inference state; per round: its ensembles; the final stages."""
-    workdir = Path(workdir)
+    workdir, layout = Path(workdir), Layout()  # layout paths are relative to the run's directory
     incomplete, locked = incomplete_outputs(workdir), locked_outputs(workdir)
 
     def state(rel: str) -> str:
@@ -94,27 +96,26 @@ def collect_status(config: dict, workdir=".") -> dict:
     for rnd, spec in config["rounds"].items():
         models = []
         for model in spec["models"]:
-            train_rel = f"results/{rnd}/train/{model}.pt"
-            train = state(train_rel)
+            train = state(layout.model(rnd, model))
             epochs = config["models"][model].get("epochs", 30)
-            done_epochs = last_epoch(workdir / f"results/{rnd}/train/{model}.state")
+            done_epochs = last_epoch(workdir / layout.state_dir(rnd, model))
             if train != DONE and done_epochs:
                 train += f" (epoch {done_epochs}/{epochs})"
-            infer = states([f"results/{rnd}/infer/{model}/{s}.npy" for s in ["val", *splits]])
+            infer = states([layout.prediction(rnd, model, s, ".npy") for s in ["val", *splits]])
             entry = {"model": model, "train": train, "infer": infer}
             for stage, state_of_stage in (("train", train), ("infer", infer)):
                 if state_of_stage.startswith(RUNNING):
-                    entry["progress"] = last_progress(workdir / f"logs/{rnd}/{stage}/{model}.log")
+                    entry["progress"] = last_progress(workdir / layout.job_log(rnd, stage, model))
             models.append(entry)
-        ensemble = states([f"results/{rnd}/ensemble/{s}.npy" for s in splits])
+        ensemble = states([layout.ensemble(rnd, s, ".npy") for s in splits])
         rounds.append({"round": rnd, "models": models, "ensemble": ensemble})
     final = {
-        "clean": state("results/clean/train.txt"),
-        "final ensemble": state("results/final/ensemble.npy"),
-        "submission": state("results/submit.zip"),
+        "clean": state(layout.train_list),
+        "final ensemble": state(layout.final_ensemble + ".npy"),
+        "submission": state(layout.submit_zip),
     }
     if config["data"].get("answers"):
-        final["summary"] = state("results/summary.tsv")
+        final["summary"] = state(layout.summary_tsv)
     return {"rounds": rounds, "final": final, "snakemake_running": bool(locked), "incomplete": sorted(incomplete)}
 
 

@@ -1,7 +1,7 @@
 """Score every stage against an answer key: the table that shows whether the rounds help.
 
-Reads the workflow's results folder (layout of workflow/rules/*.smk) and an answer key
-folder holding ``<split>.txt`` (true labels of each test split) and optionally
+Reads a run's results through webfg.layout (the paths the rules write), only the files
+``summary_inputs`` lists (the summarize rule's declared inputs), and an answer key folder holding ``<split>.txt`` (true labels of each test split) and optionally
 ``faults.tsv`` (the demo's injected faults: path, kind, true_label, given_label).
 """
 
@@ -15,6 +15,7 @@ import numpy as np
 from webfg.clean import DUPLICATE_OF
 from webfg.evaluate import accuracy, cleaning_scores, load_answers, pseudo_precision
 from webfg.io import load_predictions, read_split_list, write_json, write_text
+from webfg.layout import Layout, prediction_files, pseudo_sources
 from webfg.postprocess import predicted_labels, read_labels
 
 FILE_FAULTS = {"truncated", "undecodable", "duplicate", "conflict"}
@@ -41,8 +42,27 @@ def removed_paths(path, faults: set[str] = frozenset()) -> set[str]:
     return out
 
 
+def summary_inputs(layout: Layout, rounds: dict, splits: list[str], final: dict, noise_filter: bool) -> dict:
+    """Every results file ``summarize`` reads, by kind: the summarize rule's inputs, so that a
+    change to any of them reruns it."""
+    fs = final["split"]
+    models = [(r, m) for r in rounds for m in rounds[r]["models"]]
+    stems = {
+        "val": [layout.prediction(r, m, "val") for r, m in models],
+        "ensembles": [layout.ensemble(r, s) for r in rounds for s in splits],
+        "models": [layout.prediction(r, m, fs) for r, m in [*models, *map(tuple, final["members"])]],
+        "final": [layout.final_ensemble],
+    }
+    inputs = {kind: list(dict.fromkeys(f for stem in ss for f in prediction_files(stem))) for kind, ss in stems.items()}
+    inputs["train_lists"] = [layout.meta_train(r) for r in rounds]
+    inputs["pseudo"] = list(dict.fromkeys(layout.pseudo(*src) for r in rounds for src in pseudo_sources(rounds[r])))
+    inputs["labels"] = [layout.final_labels]
+    inputs["removed"] = [layout.removed] + ([layout.noise_removed] if noise_filter else [])
+    return inputs
+
+
 def summarize(
-    results, rounds: dict, splits: list[str], final: dict, answers_dir, noise_filter: bool, out_tsv, out_json
+    layout: Layout, rounds: dict, splits: list[str], final: dict, answers_dir, noise_filter: bool, out_tsv, out_json
 ) -> dict:
     """Write one row per round, then the final ensemble, the submission, and the two
     cleaning stages scored against the injected faults (when ``faults.tsv`` exists).
@@ -51,36 +71,32 @@ def summarize(
     accuracy_<split> (ensemble, argmax) for every split, best_model_accuracy_<final split>,
     removed, removal_precision, removal_recall.
     """
-    results, answers_dir = Path(results), Path(answers_dir)
+    answers_dir = Path(answers_dir)
     answers = {s: load_answers(answers_dir / f"{s}.txt") for s in splits}
     all_answers = {k: v for a in answers.values() for k, v in a.items()}
     fs = final["split"]
     rows = []
     for name, rnd in rounds.items():
-        row = {"stage": name, "train_images": len(read_split_list(results / name / "meta" / "train.txt"))}
-        pseudo = rnd.get("pseudo")
-        labelled = []
-        if pseudo:
-            for s in pseudo["splits"]:
-                labelled += read_split_list(results / pseudo["from"] / "pseudo" / f"{s}@{pseudo['threshold']:g}.txt")
+        row = {"stage": name, "train_images": len(read_split_list(layout.meta_train(name)))}
+        labelled = [sample for src in pseudo_sources(rnd) for sample in read_split_list(layout.pseudo(*src))]
         row["pseudo_images"] = len(labelled)
         row["pseudo_precision"] = pseudo_precision(labelled, all_answers) if labelled else float("nan")
-        vals = [load_predictions(results / name / "infer" / m / "val")[2]["val_accuracy"] for m in rnd["models"]]
+        vals = [load_predictions(layout.prediction(name, m, "val"))[2]["val_accuracy"] for m in rnd["models"]]
         row["mean_val_accuracy"] = float(np.mean(vals))
         for s in splits:
-            row[f"accuracy_{s}"] = _pred_accuracy(results / name / "ensemble" / s, answers[s])
+            row[f"accuracy_{s}"] = _pred_accuracy(layout.ensemble(name, s), answers[s])
         row[f"best_model_accuracy_{fs}"] = max(
-            _pred_accuracy(results / name / "infer" / m / fs, answers[fs]) for m in rnd["models"]
+            _pred_accuracy(layout.prediction(name, m, fs), answers[fs]) for m in rnd["models"]
         )
         rows.append(row)
 
-    members = [_pred_accuracy(results / r / "infer" / m / fs, answers[fs]) for r, m in final["members"]]
+    members = [_pred_accuracy(layout.prediction(r, m, fs), answers[fs]) for r, m in final["members"]]
     final_row = {
         "stage": "final_ensemble",
-        f"accuracy_{fs}": _pred_accuracy(results / "final" / "ensemble", answers[fs]),
+        f"accuracy_{fs}": _pred_accuracy(layout.final_ensemble, answers[fs]),
         f"best_model_accuracy_{fs}": max(members),
     }
-    relpaths, labels = read_labels(results / "final" / "labels.tsv")
+    relpaths, labels = read_labels(layout.final_labels)
     submission_row = {
         "stage": "submission",
         f"accuracy_{fs}": accuracy(relpaths, labels, answers[fs]),
@@ -94,11 +110,9 @@ def summarize(
         faults = read_faults(faults_path)
         file_faults = {f["path"] for f in faults if f["kind"] in FILE_FAULTS}
         noisy = {f["path"] for f in faults if f["kind"] == "label_noise"}
-        summary["clean_split"] = cleaning_scores(
-            removed_paths(results / "clean" / "removed.tsv", file_faults), file_faults
-        )
+        summary["clean_split"] = cleaning_scores(removed_paths(layout.removed, file_faults), file_faults)
         if noise_filter:
-            summary["noise_filter"] = cleaning_scores(removed_paths(results / "clean" / "noise_removed.tsv"), noisy)
+            summary["noise_filter"] = cleaning_scores(removed_paths(layout.noise_removed), noisy)
 
     for stage in ("clean_split", "noise_filter"):
         if stage in summary:

@@ -55,6 +55,7 @@ from webfg.engine import (  # noqa: F401 - re-exported
 )
 from webfg.heads import SoftmaxEQL
 from webfg.io import InputError, read_split_list, read_yaml, write_text
+from webfg.layout import history_of, state_dir_of
 from webfg.model import Classifier
 from webfg.soup import soup
 
@@ -173,7 +174,7 @@ def train(
     webfg.distributed); only rank 0 writes. Returns the final model's metadata.
     """
     out_path = Path(out_path)
-    state_dir = Path(state_dir) if state_dir else out_path.with_suffix(".state")
+    state_dir = Path(state_dir) if state_dir else state_dir_of(out_path)
     # ---- everything that can be wrong with the input fails here, before any compute
     train_samples = read_split_list(train_list, num_classes)
     val_samples = read_split_list(val_list, num_classes)
@@ -289,7 +290,7 @@ def train(
             "effective_batch": effective_batch,
         }
         if env.is_main:
-            write_history(out_path.with_suffix(".history.tsv"), engine.history)
+            write_history(history_of(out_path), engine.history)
             save_torch(
                 {
                     "state_dict": {k: v.cpu() for k, v in souped.items()},

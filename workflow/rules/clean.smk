@@ -2,17 +2,17 @@ rule clean_split:
     input:
         data_ready,  # a function: the data root (params) is read in place, not an input
     output:
-        all="results/clean/all.txt",
-        train="results/clean/train.txt",
-        val="results/clean/val.txt",
+        all=L.all_list,
+        train=L.train_list,
+        val=L.val_list,
         removed=report(
-            "results/clean/removed.tsv",
+            L.removed,
             category="Cleaning",
             labels={"file": "removed.tsv"},
             caption="../report/removed.rst",
         ),
-        stats="results/clean/stats.json",
-        tests=expand("results/clean/{split}.txt", split=SPLITS),
+        stats=L.clean_stats,
+        tests=[L.split_list(s) for s in SPLITS],
     log:
         "logs/clean/clean_split.log",
     benchmark:
@@ -62,9 +62,9 @@ rule class_list:
     input:
         data_ready,
         # after clean_split has checked the whole tree: a tree it refuses leaves no class list
-        "results/clean/stats.json",
+        L.clean_stats,
     output:
-        "results/clean/classes.tsv",  # id -> class folder name, for the submission
+        L.classes,  # id -> class folder name, for the submission
     log:
         "logs/clean/class_list.log",
     localrule: True

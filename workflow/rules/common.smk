@@ -15,6 +15,18 @@ from webfg.cluster import (
 )
 from webfg.config import MAEConfig, ModelConfig, check_arch, check_pretrain_matches
 from webfg.gpuslots import machine_gpus
+from webfg.layout import (
+    PSEUDO_TAG,
+    Layout,
+    history_of,
+    parse_pseudo_tag,
+    prediction_files,
+    pseudo_settings,
+    pseudo_sources,
+    state_dir_of,
+)
+from webfg.pseudo import check_scheme
+from webfg.summary import summary_inputs
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -26,6 +38,8 @@ NOISE = config["clean"]["noise_filter"]
 FINAL = config["final"]
 ANSWERS = config["data"]["answers"]
 PRETRAIN = config["pretrain"]
+# every path of the results layout (webfg.layout: the package reads results back with it)
+L = Layout()
 
 
 def check_config():
@@ -77,6 +91,10 @@ def check_config():
                     raise ConfigError(
                         f"config rounds.{name}.pseudo.splits: {s!r} is not in data.test_splits {SPLITS}"
                     )
+            try:
+                check_scheme(**pseudo_settings(pseudo), where=f"rounds.{name}.pseudo")
+            except ValueError as e:
+                raise ConfigError(f"config {e}") from None
     if NOISE["enabled"]:
         if NOISE["round"] not in ROUNDS:
             raise ConfigError(
@@ -152,10 +170,11 @@ def pretrain_params(name):
 def check_pretrained_file(model):
     """A model starting from results/pretrain/<name>.pth needs that entry, with its arch."""
     path = MODELS[model].get("pretrained_file") or ""
-    if not path.startswith("results/pretrain/"):
+    prefix = L.pretrain("")[: -len(".pth")]  # results/pretrain/
+    if not path.startswith(prefix):
         return
-    name = path.removeprefix("results/pretrain/").removesuffix(".pth")
-    if name not in PRETRAIN or path != f"results/pretrain/{name}.pth":
+    name = path.removeprefix(prefix).removesuffix(".pth")
+    if name not in PRETRAIN or path != L.pretrain(name):
         raise ConfigError(
             f"config models.{model}.pretrained_file: {path!r} is made by no pretrain entry "
             f"(pretrain: {sorted(PRETRAIN)}; expected results/pretrain/<name>.pth)"
@@ -247,7 +266,7 @@ wildcard_constraints:
     round="|".join(ROUNDS),
     model="|".join(MODELS),
     split="|".join(["val", "train"] + SPLITS),
-    threshold=r"[0-9]*\.?[0-9]+",
+    tag=PSEUDO_TAG,
 
 
 def data_ready(wildcards=None):
@@ -262,54 +281,41 @@ def data_ready(wildcards=None):
 def train_list_of_round(rnd):
     """Rounds after the noise-filter round train on the filtered list."""
     if NOISE["enabled"] and rnd != NOISE["round"]:
-        return "results/clean/train_filtered.txt"
-    return "results/clean/train.txt"
+        return L.train_filtered
+    return L.train_list
 
 
 def pseudo_lists(rnd):
-    pseudo = config["rounds"][rnd].get("pseudo")
-    if not pseudo:
-        return []
-    return [
-        f"results/{pseudo['from']}/pseudo/{s}@{pseudo['threshold']:g}.txt"
-        for s in pseudo["splits"]
-    ]
-
-
-def prediction_files(stem):
-    return [stem + ext for ext in (".npy", ".rows.txt", ".json")]
+    return [L.pseudo(*source) for source in pseudo_sources(config["rounds"][rnd])]
 
 
 def round_predictions(rnd, split):
     return [
-        f"results/{rnd}/infer/{m}/{split}.npy" for m in config["rounds"][rnd]["models"]
+        L.prediction(rnd, m, split, ".npy") for m in config["rounds"][rnd]["models"]
     ]
 
 
 def round_targets(rnd):
-    return [f"results/{rnd}/ensemble/{s}.npy" for s in SPLITS]
+    return [L.ensemble(rnd, s, ".npy") for s in SPLITS]
 
 
 def all_targets():
-    targets = ["results/submit.zip", "results/clean/classes.tsv"]
+    targets = [L.submit_zip, L.classes]
     if ANSWERS:
-        targets.append("results/summary.tsv")
+        targets.append(L.summary_tsv)
     return targets + plot_targets()
 
 
 def plot_targets():
     """Every figure the report shows for this config."""
     targets = [
-        f"results/plots/{r}/{m}.history.png"
-        for r in ROUNDS
-        for m in config["rounds"][r]["models"]
+        L.plot_history(r, m) for r in ROUNDS for m in config["rounds"][r]["models"]
     ]
-    targets += ["results/plots/val_accuracy.png", "results/plots/removals.png"]
-    targets += ["results/plots/class_counts.png"]
+    targets += [L.plot("val_accuracy"), L.plot("removals"), L.plot("class_counts")]
     for r in ROUNDS:
-        for listing in pseudo_lists(r):
-            rnd, _, name = listing.split("/")[1:]
-            targets.append(f"results/plots/{rnd}/pseudo_{name[: -len('.txt')]}.png")
+        targets += [
+            L.plot_pseudo(*source) for source in pseudo_sources(config["rounds"][r])
+        ]
     if ANSWERS:
-        targets.append("results/plots/round_accuracy.png")
+        targets.append(L.plot("round_accuracy"))
     return list(dict.fromkeys(targets))

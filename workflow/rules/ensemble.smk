@@ -2,7 +2,7 @@ rule ensemble_probs:
     input:
         members=lambda w: round_predictions(w.round, w.split),
     output:
-        prediction_files("results/{round}/ensemble/{split}"),
+        prediction_files(L.ensemble("{round}", "{split}")),
     log:
         "logs/{round}/ensemble/{split}.log",
     # post-processing streams the probability files (< 0.2 GiB, seconds when cached): no queue wait
@@ -19,17 +19,18 @@ rule ensemble_probs:
 
 rule make_pseudo:
     input:
-        "results/{round}/ensemble/{split}.npy",
+        L.ensemble("{round}", "{split}", ".npy"),
     output:
-        pseudo="results/{round}/pseudo/{split}@{threshold}.txt",
-        yield_tsv="results/{round}/pseudo/{split}@{threshold}.yield.tsv",
+        pseudo=L.pseudo("{round}", "{split}", "{tag}"),
+        yield_tsv=L.pseudo_yield("{round}", "{split}", "{tag}"),
     log:
-        "logs/{round}/pseudo/{split}@{threshold}.log",
+        "logs/{round}/pseudo/{split}@{tag}.log",
     localrule: True
     conda:
         "../../envs/webfg.yaml"
     params:
-        threshold=lambda w: float(w.threshold),
+        # the selection is spelled in the file name (webfg.layout.pseudo_tag)
+        selection=lambda w: parse_pseudo_tag(w.tag),
     script:
         "../scripts/make_pseudo.py"
 

@@ -1,16 +1,16 @@
 rule infer_probs:
     input:
-        model="results/{round}/train/{model}.pt",
-        val="results/clean/val.txt",
-        splits=expand("results/clean/{split}.txt", split=SPLITS),
+        model=L.model("{round}", "{model}"),
+        val=L.val_list,
+        splits=[L.split_list(s) for s in SPLITS],
     output:
-        expand(
-            "results/{{round}}/infer/{{model}}/{split}{ext}",
-            split=["val"] + SPLITS,
-            ext=[".npy", ".rows.txt", ".json"],
-        ),
+        [
+            f
+            for s in ["val"] + SPLITS
+            for f in prediction_files(L.prediction("{round}", "{model}", s))
+        ],
     log:
-        "logs/{round}/infer/{model}.log",
+        L.job_log("{round}", "infer", "{model}"),
     benchmark:
         "benchmarks/{round}/infer/{model}.tsv"
     conda:
@@ -23,18 +23,18 @@ rule infer_probs:
         mem_mb=lambda w, attempt: infer_mem_mb(w.model) * attempt,
     params:
         root=DATA_ROOT,
-        splits=["val"] + SPLITS,
+        with_val=True,  # <list stem>.npy for each input list, and val.npy
     script:
         "../scripts/infer_probs.py"
 
 
 rule score_train:
     input:
-        model="results/{round}/train/{model}.pt",
-        val="results/clean/val.txt",
-        splits=["results/clean/train.txt"],
+        model=L.model("{round}", "{model}"),
+        val=L.val_list,
+        splits=[L.train_list],
     output:
-        prediction_files("results/{round}/infer/{model}/train"),
+        prediction_files(L.prediction("{round}", "{model}", "train")),
     log:
         "logs/{round}/infer/{model}.train.log",
     benchmark:
@@ -49,6 +49,6 @@ rule score_train:
         mem_mb=lambda w, attempt: infer_mem_mb(w.model) * attempt,
     params:
         root=DATA_ROOT,
-        splits=["train"],
+        with_val=False,
     script:
         "../scripts/infer_probs.py"

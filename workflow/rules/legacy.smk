@@ -102,7 +102,7 @@ rule legacy_pseudo:
     conda:
         "../../envs/webfg.yaml"
     params:
-        threshold=LEGACY["pseudo_threshold"],
+        selection={"scheme": "fixed", "threshold": LEGACY["pseudo_threshold"]},
     script:
         "../scripts/make_pseudo.py"
 

@@ -4,10 +4,10 @@
 
 rule plot_history:
     input:
-        "results/{round}/train/{model}.history.tsv",
+        L.history("{round}", "{model}"),
     output:
         report(
-            "results/plots/{round}/{model}.history.png",
+            L.plot_history("{round}", "{model}"),
             caption="../report/plot_history.rst",
             category="Training curves",
             subcategory="{round}",
@@ -25,13 +25,13 @@ rule plot_history:
 rule plot_val_accuracy:
     input:
         [
-            f"results/{r}/infer/{m}/val.json"
+            L.prediction(r, m, "val", ".json")
             for r in ROUNDS
             for m in config["rounds"][r]["models"]
         ],
     output:
         report(
-            "results/plots/val_accuracy.png",
+            L.plot("val_accuracy"),
             caption="../report/plot_val_accuracy.rst",
             category="Validation accuracy",
             labels={"figure": "val accuracy per round and model"},
@@ -47,36 +47,39 @@ rule plot_val_accuracy:
 
 rule plot_pseudo_yield:
     input:
-        "results/{round}/pseudo/{split}@{threshold}.yield.tsv",
+        L.pseudo_yield("{round}", "{split}", "{tag}"),
     output:
         report(
-            "results/plots/{round}/pseudo_{split}@{threshold}.png",
+            L.plot_pseudo("{round}", "{split}", "{tag}"),
             caption="../report/plot_pseudo_yield.rst",
             category="Pseudo-labels",
             subcategory="made by {round}",
             labels={
                 "made by": "{round}",
                 "split": "{split}",
-                "threshold": "{threshold}",
+                "selection": "{tag}",
             },
         ),
     log:
-        "logs/{round}/plots/pseudo_{split}@{threshold}.log",
+        "logs/{round}/plots/pseudo_{split}@{tag}.log",
     localrule: True
     conda:
         "../../envs/webfg.yaml"
     params:
-        threshold=lambda w: float(w.threshold),
+        # the marked bar: the fixed/adaptive threshold, or the balanced quota's floor
+        threshold=lambda w: parse_pseudo_tag(w.tag).get(
+            "threshold", parse_pseudo_tag(w.tag).get("min_threshold")
+        ),
     script:
         "../scripts/plot.py"
 
 
 rule plot_class_counts:
     input:
-        "results/final/class_counts.tsv",
+        L.class_counts,
     output:
         report(
-            "results/plots/class_counts.png",
+            L.plot("class_counts"),
             caption="../report/plot_class_counts.rst",
             category="Submission",
             labels={"file": "class-count histogram"},
@@ -98,11 +101,10 @@ rule plot_class_counts:
 
 rule plot_removals:
     input:
-        ["results/clean/removed.tsv"]
-        + (["results/clean/noise_removed.tsv"] if NOISE["enabled"] else []),
+        [L.removed] + ([L.noise_removed] if NOISE["enabled"] else []),
     output:
         report(
-            "results/plots/removals.png",
+            L.plot("removals"),
             caption="../report/plot_removals.rst",
             category="Cleaning",
             labels={"file": "removals by reason"},
@@ -118,10 +120,10 @@ rule plot_removals:
 
 rule plot_round_accuracy:
     input:
-        "results/summary.tsv",
+        L.summary_tsv,
     output:
         report(
-            "results/plots/round_accuracy.png",
+            L.plot("round_accuracy"),
             caption="../report/plot_round_accuracy.rst",
             category="Summary",
             labels={"file": "accuracy per round"},

@@ -3,13 +3,11 @@ rule pretrain_mae:
     images (labels unused) plus unlabelled test splits. A model starts from it with
     `pretrained_file: results/pretrain/<name>.pth`, which orders the DAG."""
     input:
-        train="results/clean/train.txt",
-        unlabelled=lambda w: expand(
-            "results/clean/{split}.txt", split=PRETRAIN[w.name]["splits"]
-        ),
+        train=L.train_list,
+        unlabelled=lambda w: [L.split_list(s) for s in PRETRAIN[w.name]["splits"]],
     output:
-        encoder="results/pretrain/{name}.pth",
-        history="results/pretrain/{name}.history.tsv",
+        encoder=L.pretrain("{name}"),
+        history=str(history_of(L.pretrain("{name}"))),
     log:
         "logs/pretrain/{name}.log",
     benchmark:
@@ -32,6 +30,6 @@ rule pretrain_mae:
         root=DATA_ROOT,
         mae=lambda w: pretrain_params(w.name),
         # resumable state: outside the declared outputs, which Snakemake deletes first
-        state_dir=lambda w: f"results/pretrain/{w.name}.state",
+        state_dir=lambda w: str(state_dir_of(L.pretrain(w.name))),
     script:
         "../scripts/pretrain_mae.py"

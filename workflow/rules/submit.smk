@@ -1,13 +1,13 @@
 rule final_ensemble:
     input:
         members=[
-            f"results/{r}/infer/{m}/{FINAL['split']}.npy" for r, m in FINAL["members"]
+            L.prediction(r, m, FINAL["split"], ".npy") for r, m in FINAL["members"]
         ],
-        val=[f"results/{r}/infer/{m}/val.npy" for r, m in FINAL["members"]],
-        val_list="results/clean/val.txt",
+        val=[L.prediction(r, m, "val", ".npy") for r, m in FINAL["members"]],
+        val_list=L.val_list,
     output:
-        prediction_files("results/final/ensemble"),
-        power="results/final/power.tsv",
+        prediction_files(L.final_ensemble),
+        power=L.final_power,
     log:
         "logs/final/ensemble.log",
     benchmark:
@@ -26,12 +26,12 @@ rule final_ensemble:
 
 rule redistribute:
     input:
-        ensemble="results/final/ensemble.npy",
-        train_list="results/clean/train.txt",  # map: the training prior it corrects
+        ensemble=f"{L.final_ensemble}.npy",
+        train_list=L.train_list,  # map: the training prior it corrects
     output:
-        labels="results/final/labels.tsv",
+        labels=L.final_labels,
         counts=report(
-            "results/final/class_counts.tsv",
+            L.class_counts,
             category="Submission",
             labels={"file": "class counts before/after redistribution"},
             caption="../report/class_counts.rst",
@@ -53,10 +53,10 @@ rule redistribute:
 
 rule zip_submission:
     input:
-        "results/final/labels.tsv",
+        L.final_labels,
     output:
-        csv="results/submit.csv",
-        zip="results/submit.zip",
+        csv=L.submit_csv,
+        zip=L.submit_zip,
     log:
         "logs/final/zip_submission.log",
     localrule: True

@@ -2,30 +2,28 @@ if ANSWERS:
 
     rule summarize:
         input:
-            rounds=[round_targets(r) for r in ROUNDS],
-            models=[
-                f"results/{r}/infer/{m}/{FINAL['split']}.npy"
-                for r in ROUNDS
-                for m in config["rounds"][r]["models"]
-            ],
-            final="results/final/labels.tsv",
-            ensemble="results/final/ensemble.npy",
-            removed="results/clean/removed.tsv",
-            noise=["results/clean/noise_removed.tsv"] if NOISE["enabled"] else [],
+            # every results file webfg.summary reads (webfg.summary.summary_inputs)
+            unpack(
+                lambda w: summary_inputs(
+                    L, config["rounds"], SPLITS, FINAL, NOISE["enabled"]
+                )
+            ),
         output:
             tsv=report(
-                "results/summary.tsv",
+                L.summary_tsv,
                 category="Summary",
                 labels={"file": "accuracy per round"},
                 caption="../report/summary.rst",
             ),
-            json="results/summary.json",
+            json=L.summary_json,
         log:
             "logs/summary.log",
         localrule: True
         conda:
             "../../envs/webfg.yaml"
         params:
+            # webfg.layout's results folder: the one summary.tsv is written to
+            results=lambda w, output: os.path.dirname(output.tsv),
             answers=ANSWERS,
             rounds=config["rounds"],
             splits=SPLITS,

@@ -3,7 +3,7 @@ rule merge_meta:
         base=lambda w: train_list_of_round(w.round),
         pseudo=lambda w: pseudo_lists(w.round),
     output:
-        "results/{round}/meta/train.txt",
+        L.meta_train("{round}"),
     log:
         "logs/{round}/meta/merge_meta.log",
     localrule: True
@@ -15,21 +15,21 @@ rule merge_meta:
 
 rule train_model:
     input:
-        train="results/{round}/meta/train.txt",
-        val="results/clean/val.txt",
-        stats="results/clean/stats.json",
+        train=L.meta_train("{round}"),
+        val=L.val_list,
+        stats=L.clean_stats,
         pretrained=lambda w: MODELS[w.model].get("pretrained_file") or [],
     output:
-        model="results/{round}/train/{model}.pt",
+        model=L.model("{round}", "{model}"),
         history=report(
-            "results/{round}/train/{model}.history.tsv",
+            L.history("{round}", "{model}"),
             category="Training",
             subcategory="{round}",
             labels={"round": "{round}", "model": "{model}"},
             caption="../report/history.rst",
         ),
     log:
-        "logs/{round}/train/{model}.log",
+        L.job_log("{round}", "train", "{model}"),  # webfg status reads the progress there
     benchmark:
         "benchmarks/{round}/train/{model}.tsv"
     conda:
@@ -54,6 +54,6 @@ rule train_model:
         root=DATA_ROOT,
         model=lambda w: model_params(w.model),
         # resumable state: outside the declared outputs, which Snakemake deletes first
-        state_dir=lambda w: f"results/{w.round}/train/{w.model}.state",
+        state_dir=lambda w: L.state_dir(w.round, w.model),
     script:
         "../scripts/train_model.py"

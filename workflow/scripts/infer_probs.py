@@ -1,4 +1,4 @@
-"""Predict val and the given splits with one model; outputs are <split>.npy/.rows.txt/.json."""
+"""Predict val and the given lists with one model; outputs are <list stem>.npy/.rows.txt/.json."""
 
 from webfg.io import rule_script
 
@@ -7,25 +7,19 @@ rule_script(snakemake)  # stderr to the log; input errors end the job with one l
 from pathlib import Path
 
 from webfg.gpuslots import gpu_slots
-from webfg.io import log_to_stderr, read_split_list
+from webfg.io import log_to_stderr
 
-val = read_split_list(snakemake.input.val)
-out_dir = Path(snakemake.output[0]).parent
-splits = {}
-for name, listing in zip([s for s in snakemake.params.splits if s != "val"], snakemake.input.splits):
-    rows = read_split_list(listing, labelled=name == "train")
-    splits[name] = ([r[0] for r in rows] if name == "train" else rows, out_dir / name)
-if "val" in snakemake.params.splits:
-    splits["val"] = (None, out_dir / "val")
 # a GPU of its own (CUDA_VISIBLE_DEVICES) before torch is imported
 with gpu_slots(snakemake.resources.gpu, log=log_to_stderr):
-    from webfg.infer import infer_splits
+    from webfg.infer import infer_lists
 
-    infer_splits(
+    infer_lists(
         snakemake.input.model,
         snakemake.params.root,
-        val,
-        splits,
+        snakemake.input.val,
+        snakemake.input.splits,
+        Path(snakemake.output[0]).parent,
+        with_val=snakemake.params.with_val,
         model_name=f"{snakemake.wildcards.round}/{snakemake.wildcards.model}",
         threads=snakemake.threads,
         log=log_to_stderr,

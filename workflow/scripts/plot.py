@@ -11,7 +11,7 @@ if rule == "plot_history":
 elif rule == "plot_val_accuracy":
     drawn = plots.plot_val_accuracy(snakemake.input, out)
 elif rule == "plot_pseudo_yield":
-    title = f"pseudo-labels on {w.split} from the {w.round} ensemble"
+    title = f"pseudo-labels on {w.split} from the {w.round} ensemble ({w.tag})"
     drawn = plots.plot_pseudo_yield(snakemake.input[0], snakemake.params.threshold, out, title)
 elif rule == "plot_class_counts":
     drawn = plots.plot_class_counts(snakemake.input[0], out, snakemake.params.k)

@@ -30,7 +30,7 @@ argv = [
     "--state-dir",
     snakemake.params.state_dir,
     "--threads",
-    str(res.cpus_per_task * res.tasks_per_node),
+    str(snakemake.threads),  # as train_model.py: the rule's threads on both paths
 ]
 cmd = launch_command(argv, res.nodes, res.tasks_per_node, res.cpus_per_task, res.gpu > 0)
 with gpu_slots(res.gpu // res.nodes, log=log_to_stderr):

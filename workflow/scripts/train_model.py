@@ -32,9 +32,10 @@ argv = [
     snakemake.output.model,
     "--state-dir",
     snakemake.params.state_dir,
-    # the node's CPUs; the trainer divides them among its processes on the node
+    # one thread policy for both paths: the rule's threads (webfg.cluster.job_threads, the
+    # node's CPUs of the job); the trainer divides them among its processes on the node
     "--threads",
-    str(res.cpus_per_task * res.tasks_per_node),
+    str(snakemake.threads),
 ]
 cmd = launch_command(argv, res.nodes, res.tasks_per_node, res.cpus_per_task, res.gpu > 0)
 # the GPUs are chosen (CUDA_VISIBLE_DEVICES) before torch is imported or torchrun started
