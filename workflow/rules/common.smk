@@ -26,6 +26,9 @@ NOISE = config["clean"]["noise_filter"]
 FINAL = config["final"]
 ANSWERS = config["data"]["answers"]
 PRETRAIN = config["pretrain"]
+OUT_OF_FOLD = NOISE["enabled"] and NOISE["method"] == "out_of_fold"
+# out of fold, val is scored and filtered too, and every round uses the filtered list
+VAL_LIST = "results/clean/val_filtered.txt" if OUT_OF_FOLD else "results/clean/val.txt"
 
 
 def check_config():
@@ -77,7 +80,13 @@ def check_config():
                     raise ConfigError(
                         f"config rounds.{name}.pseudo.splits: {s!r} is not in data.test_splits {SPLITS}"
                     )
-    if NOISE["enabled"]:
+    if NOISE["enabled"] and NOISE["method"] == "out_of_fold":
+        if NOISE["scorer"] not in MODELS:
+            raise ConfigError(
+                f"config clean.noise_filter.scorer: {NOISE['scorer']!r} is not a key of models "
+                f"({sorted(MODELS)}); out-of-fold scoring trains that model on each fold"
+            )
+    elif NOISE["enabled"]:
         if NOISE["round"] not in ROUNDS:
             raise ConfigError(
                 f"config clean.noise_filter.round: {NOISE['round']!r} is not a round ({ROUNDS})"
@@ -248,6 +257,7 @@ wildcard_constraints:
     model="|".join(MODELS),
     split="|".join(["val", "train"] + SPLITS),
     threshold=r"[0-9]*\.?[0-9]+",
+    fold=r"[0-9]+",
 
 
 def data_ready(wildcards=None):
@@ -260,10 +270,19 @@ def data_ready(wildcards=None):
 
 
 def train_list_of_round(rnd):
-    """Rounds after the noise-filter round train on the filtered list."""
-    if NOISE["enabled"] and rnd != NOISE["round"]:
+    """Rounds after the noise-filter round train on the filtered list; out of fold, every
+    round does (the scores come from no round)."""
+    if NOISE["enabled"] and (OUT_OF_FOLD or rnd != NOISE["round"]):
         return "results/clean/train_filtered.txt"
     return "results/clean/train.txt"
+
+
+def noise_scores():
+    """What the noise filter reads: the out-of-fold scorers' prediction of train + val, or
+    (in-sample, the recipe) the noise round's ensemble on the training list."""
+    if OUT_OF_FOLD:
+        return "results/clean/noise/out_of_fold.npy"
+    return f"results/{NOISE['round']}/ensemble/train.npy"
 
 
 def pseudo_lists(rnd):

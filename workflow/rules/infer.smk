@@ -1,7 +1,7 @@
 rule infer_probs:
     input:
         model="results/{round}/train/{model}.pt",
-        val="results/clean/val.txt",
+        val=VAL_LIST,
         splits=expand("results/clean/{split}.txt", split=SPLITS),
     output:
         expand(
@@ -31,7 +31,7 @@ rule infer_probs:
 rule score_train:
     input:
         model="results/{round}/train/{model}.pt",
-        val="results/clean/val.txt",
+        val=VAL_LIST,
         splits=["results/clean/train.txt"],
     output:
         prediction_files("results/{round}/infer/{model}/train"),

@@ -4,7 +4,7 @@ rule final_ensemble:
             f"results/{r}/infer/{m}/{FINAL['split']}.npy" for r, m in FINAL["members"]
         ],
         val=[f"results/{r}/infer/{m}/val.npy" for r, m in FINAL["members"]],
-        val_list="results/clean/val.txt",
+        val_list=VAL_LIST,
     output:
         prediction_files("results/final/ensemble"),
         power="results/final/power.tsv",

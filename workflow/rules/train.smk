@@ -16,7 +16,7 @@ rule merge_meta:
 rule train_model:
     input:
         train="results/{round}/meta/train.txt",
-        val="results/clean/val.txt",
+        val=VAL_LIST,
         stats="results/clean/stats.json",
         pretrained=lambda w: MODELS[w.model].get("pretrained_file") or [],
     output:
