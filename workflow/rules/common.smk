@@ -199,8 +199,7 @@ def check_gpus_of_this_machine():
     trains on the CPU: refuse it before any job starts (the CPU demo says gpus: 0)."""
     requests = {
         f"models.{m}.resources.gpus": model_resources(m)["tasks_per_node"]
-        for rnd in ROUNDS
-        for m in config["rounds"][rnd]["models"]
+        for m in trained_models()
         if model_resources(m)["gpus"]
     }
     requests.update(
@@ -214,6 +213,12 @@ def check_gpus_of_this_machine():
         check_local_gpus(requests, machine_gpus())
     except ResourceError as e:
         raise ConfigError(f"config {e}") from None
+
+
+def trained_models():
+    """Every models entry a job trains: the rounds' models and the out-of-fold noise scorer."""
+    names = [m for rnd in ROUNDS for m in config["rounds"][rnd]["models"]]
+    return list(dict.fromkeys(names + ([NOISE["scorer"]] if OUT_OF_FOLD else [])))
 
 
 def check_slurm_requests():
@@ -235,9 +240,8 @@ def check_slurm_requests():
     partition = os.environ.get("WEBFG_SLURM_GPU_PARTITION", "")
     clean = config["clean"]["resources"]
     try:
-        for rnd in ROUNDS:
-            for m in config["rounds"][rnd]["models"]:
-                check_fits(m, model_resources(m), partitions, partition)
+        for m in trained_models():
+            check_fits(m, model_resources(m), partitions, partition)
         check_cpu_job(
             "clean.resources",
             clean["cpus"],
