@@ -304,6 +304,50 @@ def test_tiny_rerun_is_a_no_op_and_one_model_change_reruns_only_it(tiny_run, tmp
     assert "output: results/r0/train/swin_arc.pt" not in out
 
 
+def test_tiny_out_of_fold_noise_filter_scores_every_train_and_val_image_unseen(tiny_run, tmp_path):
+    """The out-of-fold path end to end on the tiny data: folds, a scorer per fold, the held-out
+    predictions assembled, train and val filtered by the rule on them."""
+    shutil.copytree(tiny_run / "data/tiny", tmp_path / "data/tiny")
+    overlay = REPO / "tests/fixtures/tiny-oof.yaml"
+    configs = ["--configfile", str(REPO / "config/tiny.yaml"), str(overlay)]
+    t0 = time.perf_counter()
+    out = snakemake(tmp_path, "results/clean/train_filtered.txt", *configs).stdout
+    print(f"tiny out-of-fold filter: {time.perf_counter() - t0:.0f}s")
+    res = tmp_path / "results/clean"
+    train, val = read_split_list(res / "train.txt"), read_split_list(res / "val.txt")
+    probs, rows, meta = load_predictions(res / "noise/out_of_fold")
+    assert sorted(rows) == sorted(p for p, _ in train + val) and len(meta["folds"]) == 2
+    for f in range(2):  # no scorer predicted an image it trained on
+        trained = {p for p, _ in read_split_list(res / f"noise/fold{f}.train.txt")}
+        _, held, _ = load_predictions(res / f"noise/scorer/fold{f}.heldout")
+        assert held and not trained & set(held)
+    # the rule on the out-of-fold scores decides what goes, from train and from val
+    row_of = {p: i for i, p in enumerate(rows)}
+    p = probs.astype(np.float32)
+    for listing, kept_list in [(train, "train_filtered.txt"), (val, "val_filtered.txt")]:
+        expected = [(x, y) for x, y in listing if p[row_of[x], y] >= 0.05]
+        assert read_split_list(res / kept_list) == expected
+    removed = (res / "noise_removed.tsv").read_text().splitlines()
+    assert removed[0].startswith("path\treason\tsplit\t") and len(removed) - 1 == len(train) + len(val) - sum(
+        len(read_split_list(res / n)) for n in ("train_filtered.txt", "val_filtered.txt")
+    )
+    assert "score_train" not in out and "train_model" not in out  # no round trained for it
+    # every round, r0 included, trains on the filtered lists
+    plan = snakemake(tmp_path, "-n", "results/r0/train/swin_arc.pt", *configs).stdout
+    assert "results/clean/train_filtered.txt" in plan.split("rule merge_meta:")[1].split("\n\n")[0]
+    assert "results/clean/val_filtered.txt" in plan.split("rule train_model:")[1].split("\n\n")[0]
+
+
+def test_out_of_fold_scorer_must_be_a_model(tmp_path):
+    bad = (REPO / "tests/fixtures/tiny-oof.yaml").read_text().replace("scorer: scorer", "scorer: nope")
+    (tmp_path / "bad.yaml").write_text(bad)
+    proc = snakemake(
+        tmp_path, "-n", "--configfile", str(REPO / "config/tiny.yaml"), str(tmp_path / "bad.yaml"), check=False
+    )
+    assert proc.returncode != 0
+    assert "config clean.noise_filter.scorer: 'nope' is not a key of models" in proc.stdout + proc.stderr
+
+
 TINY_PLOTS = [
     *[
         f"results/plots/{r}/{m}.history.png"

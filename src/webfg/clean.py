@@ -391,37 +391,80 @@ def filter_noisy(
     max_label_prob: float = 0.05,
     min_top_prob: float = 0.5,
     log=print,
+    val_list=None,
+    out_val=None,
 ) -> dict:
-    """Drop a training sample when the scoring ensemble gives its label a probability
-    below ``max_label_prob`` while another class gets at least ``min_top_prob``.
+    """Drop a sample when the scores give its label a probability below ``max_label_prob``
+    while another class gets at least ``min_top_prob``.
 
-    ``probs``/``relpaths`` are the ensemble's prediction on the training list (any order).
+    ``probs``/``relpaths`` are a prediction covering the training list (any order): the
+    noise round's ensemble (in-sample, the recipe) or the out-of-fold scorers
+    (``webfg.noise``), which also cover ``val_list``: it is then filtered the same way into
+    ``out_val``. ``out_removed`` lists every removal: path, reason, split, label, label_prob,
+    top_class, top_prob.
     """
-    samples = read_split_list(train_list)
+    lists = [("train", train_list, out_list)] + ([("val", val_list, out_val)] if val_list is not None else [])
     row_of = {p: i for i, p in enumerate(relpaths)}
-    missing = [p for p, _ in samples if p not in row_of]
-    if missing:
-        raise InputError(f"{train_list}: {missing[0]} has no row in the scoring prediction")
-    rows = np.array([row_of[p] for p, _ in samples], dtype=np.int64)
-    labels = np.array([y for _, y in samples], dtype=np.int64)
-    label_prob = np.empty(len(samples), np.float32)
-    top_prob = np.empty(len(samples), np.float32)
-    top = np.empty(len(samples), np.int64)
-    for start in progress(range(0, len(samples), 8192), desc="filter_noisy", unit="chunk"):  # bounded memory
+    removed, counts = [], {}
+    for split, listing, out in lists:
+        samples = read_split_list(listing)
+        missing = [p for p, _ in samples if p not in row_of]
+        if missing:
+            raise InputError(f"{listing}: {missing[0]} has no row in the scoring prediction")
+        label_prob, top, top_prob = label_scores(
+            probs,
+            np.array([row_of[p] for p, _ in samples], dtype=np.int64),
+            np.array([y for _, y in samples], dtype=np.int64),
+        )
+        labels = np.array([y for _, y in samples], dtype=np.int64)
+        implausible = implausible_labels(label_prob, top, top_prob, labels, max_label_prob, min_top_prob)
+        kept = [s for s, bad in zip(samples, implausible) if not bad]
+        removed += [
+            (
+                p,
+                f"implausible label {y}: p={label_prob[i]:.3f}, ensemble says {top[i]} (p={top_prob[i]:.3f})",
+                split,
+                y,
+                f"{label_prob[i]:.4g}",
+                int(top[i]),
+                f"{top_prob[i]:.4g}",
+            )
+            for i, ((p, y), bad) in enumerate(zip(samples, implausible))
+            if bad
+        ]
+        write_split_list(out, kept)
+        counts[split] = (len(kept), len(samples) - len(kept))
+        log(f"noise filter ({split}): kept {len(kept)}, removed {len(samples) - len(kept)} of {len(samples)}")
+    write_text(
+        out_removed,
+        "path\treason\tsplit\tlabel\tlabel_prob\ttop_class\ttop_prob\n"
+        + "".join("\t".join(map(str, row)) + "\n" for row in removed),
+    )
+    return {
+        "kept": counts["train"][0],
+        "removed": counts["train"][1],
+        **({"val_kept": counts["val"][0], "val_removed": counts["val"][1]} if "val" in counts else {}),
+    }
+
+
+def label_scores(probs, rows: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(probability of the given label, top class, top probability) of the sample at each row of
+    ``probs``, read in bounded blocks (the matrix may be a memmap of the whole training set)."""
+    label_prob = np.empty(len(rows), np.float32)
+    top_prob = np.empty(len(rows), np.float32)
+    top = np.empty(len(rows), np.int64)
+    for start in progress(range(0, len(rows), 8192), desc="filter_noisy", unit="chunk"):
         part = slice(start, start + 8192)
         block = np.asarray(probs[np.sort(rows[part])], dtype=np.float32)
         block = block[np.argsort(np.argsort(rows[part]))]  # back to sample order
         label_prob[part] = block[np.arange(len(block)), labels[part]]
         top[part] = block.argmax(1)
         top_prob[part] = block.max(1)
-    implausible = (label_prob < max_label_prob) & (top != labels) & (top_prob >= min_top_prob)
-    kept = [s for s, bad in zip(samples, implausible) if not bad]
-    removed = [
-        (p, f"implausible label {y}: p={label_prob[i]:.3f}, ensemble says {top[i]} (p={top_prob[i]:.3f})")
-        for i, ((p, y), bad) in enumerate(zip(samples, implausible))
-        if bad
-    ]
-    write_split_list(out_list, kept)
-    write_removed(out_removed, removed)
-    log(f"noise filter: kept {len(kept)}, removed {len(removed)} of {len(samples)}")
-    return {"kept": len(kept), "removed": len(removed)}
+    return label_prob, top, top_prob
+
+
+def implausible_labels(label_prob, top, top_prob, labels, max_label_prob: float, min_top_prob: float) -> np.ndarray:
+    """The recipe's rule: the given label below ``max_label_prob`` and another class at least
+    ``min_top_prob``. Out of fold, ``min_top_prob: 0`` ranks by the label's probability alone,
+    which the benchmark found the better rule (bench/results/noise_filter.md)."""
+    return (label_prob < max_label_prob) & (top != labels) & (top_prob >= min_top_prob)

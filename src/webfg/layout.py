@@ -148,6 +148,10 @@ class Layout:
         return self.clean("train_filtered.txt")
 
     @property
+    def val_filtered(self) -> str:
+        return self.clean("val_filtered.txt")
+
+    @property
     def noise_removed(self) -> str:
         return self.clean("noise_removed.tsv")
 

@@ -40,6 +40,9 @@ ANSWERS = config["data"]["answers"]
 PRETRAIN = config["pretrain"]
 # every path of the results layout (webfg.layout: the package reads results back with it)
 L = Layout()
+OUT_OF_FOLD = NOISE["enabled"] and NOISE["method"] == "out_of_fold"
+# out of fold, val is scored and filtered too, and every round uses the filtered list
+VAL_LIST = L.val_filtered if OUT_OF_FOLD else L.val_list
 
 
 def check_config():
@@ -95,7 +98,13 @@ def check_config():
                 check_scheme(**pseudo_settings(pseudo), where=f"rounds.{name}.pseudo")
             except ValueError as e:
                 raise ConfigError(f"config {e}") from None
-    if NOISE["enabled"]:
+    if NOISE["enabled"] and NOISE["method"] == "out_of_fold":
+        if NOISE["scorer"] not in MODELS:
+            raise ConfigError(
+                f"config clean.noise_filter.scorer: {NOISE['scorer']!r} is not a key of models "
+                f"({sorted(MODELS)}); out-of-fold scoring trains that model on each fold"
+            )
+    elif NOISE["enabled"]:
         if NOISE["round"] not in ROUNDS:
             raise ConfigError(
                 f"config clean.noise_filter.round: {NOISE['round']!r} is not a round ({ROUNDS})"
@@ -209,8 +218,7 @@ def check_gpus_of_this_machine():
     trains on the CPU: refuse it before any job starts (the CPU demo says gpus: 0)."""
     requests = {
         f"models.{m}.resources.gpus": model_resources(m)["tasks_per_node"]
-        for rnd in ROUNDS
-        for m in config["rounds"][rnd]["models"]
+        for m in trained_models()
         if model_resources(m)["gpus"]
     }
     requests.update(
@@ -224,6 +232,12 @@ def check_gpus_of_this_machine():
         check_local_gpus(requests, machine_gpus())
     except ResourceError as e:
         raise ConfigError(f"config {e}") from None
+
+
+def trained_models():
+    """Every models entry a job trains: the rounds' models and the out-of-fold noise scorer."""
+    names = [m for rnd in ROUNDS for m in config["rounds"][rnd]["models"]]
+    return list(dict.fromkeys(names + ([NOISE["scorer"]] if OUT_OF_FOLD else [])))
 
 
 def check_slurm_requests():
@@ -245,9 +259,8 @@ def check_slurm_requests():
     partition = os.environ.get("WEBFG_SLURM_GPU_PARTITION", "")
     clean = config["clean"]["resources"]
     try:
-        for rnd in ROUNDS:
-            for m in config["rounds"][rnd]["models"]:
-                check_fits(m, model_resources(m), partitions, partition)
+        for m in trained_models():
+            check_fits(m, model_resources(m), partitions, partition)
         check_cpu_job(
             "clean.resources",
             clean["cpus"],
@@ -267,6 +280,7 @@ wildcard_constraints:
     model="|".join(MODELS),
     split="|".join(["val", "train"] + SPLITS),
     tag=PSEUDO_TAG,
+    fold=r"[0-9]+",
 
 
 def data_ready(wildcards=None):
@@ -279,10 +293,19 @@ def data_ready(wildcards=None):
 
 
 def train_list_of_round(rnd):
-    """Rounds after the noise-filter round train on the filtered list."""
-    if NOISE["enabled"] and rnd != NOISE["round"]:
+    """Rounds after the noise-filter round train on the filtered list; out of fold, every
+    round does (the scores come from no round)."""
+    if NOISE["enabled"] and (OUT_OF_FOLD or rnd != NOISE["round"]):
         return L.train_filtered
     return L.train_list
+
+
+def noise_scores():
+    """What the noise filter reads: the out-of-fold scorers' prediction of train + val, or
+    (in-sample, the recipe) the noise round's ensemble on the training list."""
+    if OUT_OF_FOLD:
+        return "results/clean/noise/out_of_fold.npy"
+    return f"results/{NOISE['round']}/ensemble/train.npy"
 
 
 def pseudo_lists(rnd):

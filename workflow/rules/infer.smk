@@ -1,7 +1,7 @@
 rule infer_probs:
     input:
         model=L.model("{round}", "{model}"),
-        val=L.val_list,
+        val=VAL_LIST,
         splits=[L.split_list(s) for s in SPLITS],
     output:
         [
@@ -31,7 +31,7 @@ rule infer_probs:
 rule score_train:
     input:
         model=L.model("{round}", "{model}"),
-        val=L.val_list,
+        val=VAL_LIST,
         splits=[L.train_list],
     output:
         prediction_files(L.prediction("{round}", "{model}", "train")),

@@ -4,7 +4,7 @@ rule final_ensemble:
             L.prediction(r, m, FINAL["split"], ".npy") for r, m in FINAL["members"]
         ],
         val=[L.prediction(r, m, "val", ".npy") for r, m in FINAL["members"]],
-        val_list=L.val_list,
+        val_list=VAL_LIST,
     output:
         prediction_files(L.final_ensemble),
         power=L.final_power,

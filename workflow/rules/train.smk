@@ -16,7 +16,7 @@ rule merge_meta:
 rule train_model:
     input:
         train=L.meta_train("{round}"),
-        val=L.val_list,
+        val=VAL_LIST,
         stats=L.clean_stats,
         pretrained=lambda w: MODELS[w.model].get("pretrained_file") or [],
     output:

@@ -61,4 +61,4 @@ with gpu_slots(res.gpu // res.nodes, log=log_to_stderr):
         print(f"launch: {shlex.join(cmd)}", file=sys.stderr, flush=True)
         rc = subprocess.run(cmd, stdout=sys.stderr, stderr=subprocess.STDOUT).returncode
         if rc:
-            sys.exit(f"training of {snakemake.wildcards.round}/{snakemake.wildcards.model} exited with status {rc}")
+            sys.exit(f"training of {'/'.join(map(str, snakemake.wildcards))} exited with status {rc}")
