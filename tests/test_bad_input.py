@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from runner import REPO, run_snakemake
 
 from webfg.cli import main
 from webfg.io import InputError, read_split_list, read_yaml
 
-REPO = Path(__file__).resolve().parents[1]
 CLASSES = ("0000", "0001", "0002")
 
 
@@ -1253,19 +1253,7 @@ def test_outputs_follow_the_umask(mask, tmp_path):
 
 
 def _snakemake(workdir: Path, config: Path, *targets: str) -> subprocess.CompletedProcess:
-    cmd = [
-        str(Path(sys.executable).with_name("snakemake")),
-        "-s",
-        str(REPO / "Snakefile"),
-        "-d",
-        str(workdir),
-        "--cores",
-        "1",
-        *targets,
-        "--configfile",
-        str(config),
-    ]
-    return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    return run_snakemake(workdir, *targets, configs=[config], cores=1, check=False)
 
 
 def _tiny_config(tmp_path: Path, root: Path, **replace) -> Path:

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from runner import REPO, run_snakemake
 
 from webfg.cli import main
 from webfg.cluster import (
@@ -223,31 +224,8 @@ def test_mae_architecture_must_match_the_model_it_starts():
 
 def _snakemake(workdir, *args, configs=(), env=None):
     """Snakemake on config/tiny.yaml (or ``configs``, merged in order) plus ``args``."""
-    import os
-    import subprocess
-    from pathlib import Path
-
-    repo = Path(__file__).resolve().parents[1]
-    configs = [str(c) for c in configs] or [str(repo / "config/tiny.yaml")]
-    cmd = [
-        str(Path(sys.executable).with_name("snakemake")),
-        "-s",
-        str(repo / "Snakefile"),
-        "-d",
-        str(workdir),
-        "--cores",
-        "2",
-        *args,
-        "--configfile",
-        *configs,
-    ]
-    return subprocess.run(
-        cmd,
-        cwd=workdir,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=900,
+    return run_snakemake(
+        workdir, *args, configs=configs or [REPO / "config/tiny.yaml"], env=env, check=False, timeout=900
     )
 
 

@@ -3,7 +3,6 @@
 import io
 import os
 import subprocess
-import sys
 import time
 from base64 import urlsafe_b64encode
 from pathlib import Path
@@ -12,13 +11,12 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
+from runner import REPO, SNAKEMAKE, run_snakemake
 
 from webfg.cli import main
 from webfg.init import GPU_TIER_IMAGES, build_config, check_config_text, init, inspect_dataset
 from webfg.io import InputError
 from webfg.status import collect_status, format_status, incomplete_outputs, locked_outputs
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def png(value: int, size=(40, 30)) -> bytes:
@@ -80,21 +78,7 @@ def test_init_config_runs_as_a_snakemake_dry_run(tmp_path):
     finally:
         os.chdir(cwd)
     assert root.is_dir()
-    snakemake = Path(sys.executable).with_name("snakemake")
-    proc = subprocess.run(
-        [
-            str(snakemake),
-            "-s",
-            str(REPO / "Snakefile"),
-            "-d",
-            str(tmp_path),
-            "-n",
-            "--configfile",
-            str(tmp_path / "mine.yaml"),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    proc = run_snakemake(tmp_path, "-n", configs=[tmp_path / "mine.yaml"], cores=None, check=False)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "train_model" in proc.stdout and "zip_submission" in proc.stdout
 
@@ -262,9 +246,8 @@ def test_status_decodes_the_markers_of_the_installed_snakemake(tmp_path):
         f"    output: {outputs!r}\n"
         '    shell: "touch started; while [ ! -e release ]; do sleep 0.2; done; touch {output}"\n'
     )
-    snakemake = Path(sys.executable).with_name("snakemake")
     proc = subprocess.Popen(
-        [str(snakemake), "-s", "Snakefile", "--cores", "1"],
+        [str(SNAKEMAKE), "-s", "Snakefile", "--cores", "1"],
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

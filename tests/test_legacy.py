@@ -3,12 +3,10 @@
 
 import os
 import pickle
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from runner import run_snakemake
 
 from webfg.cli import main
 from webfg.io import InputError, load_predictions
@@ -115,17 +113,9 @@ def test_scores_that_are_not_probabilities_are_refused(tmp_path):
 
 # ------------------------------------------------ the legacy workflow, end to end
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def _snakemake(workdir, *args):
-    exe = Path(sys.executable).with_name("snakemake")
-    return subprocess.run(
-        [str(exe), "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2", *args],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-    )
+    return run_snakemake(workdir, *args, check=False)
 
 
 def _legacy_folder(tmp_path, rng, n=12, c=4):

@@ -172,28 +172,12 @@ def test_workflow_switch_orders_pretraining_before_the_vit(tmp_path):
     """config/demo-mae.yaml over config/demo.yaml: one pretrain_mae job, and it feeds the
     ViT's training in every round (Snakemake merges the overlay's nested keys)."""
     import re
-    import subprocess
-    import sys
-    from pathlib import Path
 
-    repo = Path(__file__).resolve().parents[1]
-    snakemake = [
-        str(Path(sys.executable).with_name("snakemake")),
-        "-s",
-        str(repo / "Snakefile"),
-        "-d",
-        str(tmp_path),
-        "--cores",
-        "2",
-        "--dag",
-        "dot",
-        "results/a1/train/vit_linear.pt",
-        "--configfile",
-        str(repo / "config/demo.yaml"),
-    ]
-    dot = subprocess.run(
-        snakemake + [str(repo / "config/demo-mae.yaml")], capture_output=True, text=True, check=True
-    ).stdout
+    from runner import REPO, run_snakemake
+
+    demo, mae = REPO / "config/demo.yaml", REPO / "config/demo-mae.yaml"
+    dag = ["--dag", "dot", "results/a1/train/vit_linear.pt"]
+    dot = run_snakemake(tmp_path, *dag, configs=[demo, mae]).stdout
     nodes = {m[1]: m[2].replace("\\n", " ") for m in re.finditer(r'^\s*(\d+)\[label = "([^"]*)"', dot, re.M)}
     edges = set(re.findall(r"^\s*(\d+) -> (\d+)", dot, re.M))
     pre = [n for n, label in nodes.items() if label.startswith("pretrain_mae")]
@@ -204,13 +188,11 @@ def test_workflow_switch_orders_pretraining_before_the_vit(tmp_path):
     assert sum(label == "train_model model: swin_arc" for label in nodes.values()) == 1
     clean = next(n for n, label in nodes.items() if label.startswith("clean_split"))
     assert (clean, pre[0]) in edges  # pre-trains on the cleaned lists
-    dot = subprocess.run(snakemake, capture_output=True, text=True, check=True).stdout
+    dot = run_snakemake(tmp_path, *dag, configs=[demo]).stdout
     assert "pretrain_mae" not in dot and "train_model" in dot  # off by default
     # a model naming a pre-training that no entry makes fails at parse time, naming the key
     (tmp_path / "bad.yaml").write_text("models: {vit_linear: {pretrained_file: results/pretrain/vit_ma.pth}}\n")
-    proc = subprocess.run(
-        snakemake + [str(repo / "config/demo-mae.yaml"), str(tmp_path / "bad.yaml")], capture_output=True, text=True
-    )
+    proc = run_snakemake(tmp_path, *dag, configs=[demo, mae, tmp_path / "bad.yaml"], check=False)
     assert proc.returncode != 0
     assert "models.vit_linear.pretrained_file: 'results/pretrain/vit_ma.pth' is made by no pretrain entry" in (
         proc.stdout + proc.stderr

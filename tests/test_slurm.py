@@ -19,16 +19,14 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from runner import REPO, snakemake_cmd, snakemake_env
 
 pytestmark = pytest.mark.slurm
 
-REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 REQUIRED = bool(os.environ.get("CI")) or os.environ.get("WEBFG_REQUIRE_SLURM") == "1"
 CONFIGS = [str(REPO / "config/tiny.yaml"), str(REPO / "tests/profiles/slurm-ci/tiny-resources.yaml")]
 SLURM_TOOLS = {
@@ -73,26 +71,13 @@ def cluster():
 
 
 def slurm_cmd(workdir, *args, configs=()):
-    """Snakemake with the user's profile and the CI layer; the configfiles go last (their option takes a list)."""
-    return [
-        str(SNAKEMAKE),
-        "-s",
-        str(REPO / "Snakefile"),
-        "-d",
-        str(workdir),
-        "--profile",
-        str(REPO / "profiles/slurm"),
-        "--workflow-profile",
-        str(REPO / "tests/profiles/slurm-ci"),
-        *args,
-        "--configfile",
-        *CONFIGS,
-        *configs,
-    ]
+    """Snakemake with the user's profile and the CI layer."""
+    profiles = ["--profile", REPO / "profiles/slurm", "--workflow-profile", REPO / "tests/profiles/slurm-ci"]
+    return snakemake_cmd(workdir, *profiles, *args, configs=[*CONFIGS, *configs], cores=None)
 
 
 def env(**more):
-    return {**os.environ, "HF_HUB_OFFLINE": "1", **SITE, **more}
+    return snakemake_env(**SITE, **more)
 
 
 def submitted_jobs(log: str) -> list[tuple[str, str]]:

@@ -9,11 +9,9 @@ from __future__ import annotations
 import base64
 import csv
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from runner import REPO, run_snakemake
 from snakemake.utils import validate
 
 from webfg.cli import main as webfg_main
@@ -32,18 +31,6 @@ from webfg.pseudo import select
 from webfg.summary import summary_inputs
 
 pytestmark = pytest.mark.dag
-
-REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = Path(sys.executable).with_name("snakemake")
-
-
-def snakemake(workdir, *args, check=True):
-    cmd = [str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2", *args]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-    return proc
 
 
 def job_counts(output: str) -> dict[str, int]:
@@ -74,7 +61,7 @@ def full_plan_inputs(workdir: Path) -> None:
 def test_dry_run_of_the_real_17_model_plan(tmp_path):
     full_plan_inputs(tmp_path)
     t0 = time.perf_counter()
-    out = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config/config.yaml")).stdout
+    out = run_snakemake(tmp_path, "-n", "--configfile", str(REPO / "config/config.yaml")).stdout
     print(f"dry run of the 17-model plan: {time.perf_counter() - t0:.1f}s")
     counts = job_counts(out)
     # r0: 4 models, a1-a3: 2 each, b1-b3: 4 each, b3_t40/b3_t50: 2 each
@@ -94,7 +81,7 @@ def test_config_overrides_apply_on_top_of_the_default_plan(tmp_path):
     full_plan_inputs(tmp_path)
     (tmp_path / "config").mkdir()
     shutil.copy(REPO / "config/config.yaml", tmp_path / "config/config.yaml")
-    out = snakemake(tmp_path, "-n", "--config", 'final={"split": "testa"}').stdout
+    out = run_snakemake(tmp_path, "-n", "--config", 'final={"split": "testa"}').stdout
     assert job_counts(out)["train_model"] == 4 + 3 * 2 + 3 * 4 + 2 * 2  # the whole plan, not a schema error
     final_job = out.split("rule final_ensemble:")[1].split("\n\n")[0]
     assert "/testa.npy" in final_job and "/testb.npy" not in final_job
@@ -103,12 +90,12 @@ def test_config_overrides_apply_on_top_of_the_default_plan(tmp_path):
 def test_config_errors_name_the_key(tmp_path):
     bad = (REPO / "config/tiny.yaml").read_text().replace("from: r0", "from: b1")
     (tmp_path / "bad.yaml").write_text(bad)
-    proc = snakemake(tmp_path, "-n", "--configfile", str(tmp_path / "bad.yaml"), check=False)
+    proc = run_snakemake(tmp_path, "-n", "--configfile", str(tmp_path / "bad.yaml"), check=False)
     assert proc.returncode != 0
     assert "rounds.a1.pseudo.from: 'b1' must be an earlier round" in proc.stdout + proc.stderr
     bad = (REPO / "config/tiny.yaml").read_text().replace("head: arcface", "head: cosface")
     (tmp_path / "bad.yaml").write_text(bad)
-    proc = snakemake(tmp_path, "-n", "--configfile", str(tmp_path / "bad.yaml"), check=False)
+    proc = run_snakemake(tmp_path, "-n", "--configfile", str(tmp_path / "bad.yaml"), check=False)
     assert "models.swin_arc.head: 'cosface' is not one of" in proc.stdout + proc.stderr
 
 
@@ -122,7 +109,7 @@ def test_pseudo_selection_errors_name_the_key(tmp_path):
         (tmp_path / "bad.yaml").write_text(
             tiny.replace("splits: [testa], threshold: 0.3", f"splits: [testa], {setting}")
         )
-        proc = snakemake(tmp_path, "-n", "--configfile", str(tmp_path / "bad.yaml"), check=False)
+        proc = run_snakemake(tmp_path, "-n", "--configfile", str(tmp_path / "bad.yaml"), check=False)
         assert proc.returncode != 0 and message in proc.stdout + proc.stderr, setting
 
 
@@ -161,7 +148,7 @@ def dry_run_jobs(output: str) -> dict[str, list[dict[str, list[str]]]]:
 def test_dry_run_paths_are_the_layouts(tmp_path):
     """The paths the rules (common.smk) produce equal webfg.layout's, which the package reads back."""
     path, config = balanced_config(tmp_path)
-    jobs = dry_run_jobs(snakemake(tmp_path, "-n", "--configfile", str(path)).stdout)
+    jobs = dry_run_jobs(run_snakemake(tmp_path, "-n", "--configfile", str(path)).stdout)
     L, rounds, splits = Layout(), config["rounds"], config["data"]["test_splits"]
 
     def outputs(rule):
@@ -186,7 +173,7 @@ def test_dry_run_paths_are_the_layouts(tmp_path):
 
 
 def test_round_target_builds_only_that_round(tmp_path):
-    out = snakemake(tmp_path, "-n", "round_r0", "--configfile", str(REPO / "config/tiny.yaml")).stdout
+    out = run_snakemake(tmp_path, "-n", "round_r0", "--configfile", str(REPO / "config/tiny.yaml")).stdout
     counts = job_counts(out)
     assert counts["train_model"] == 2 and "final_ensemble" not in counts and "filter_noisy" not in counts
 
@@ -245,7 +232,7 @@ def test_tiny_balanced_round_selects_what_select_does(tiny_run, tmp_path):
     path, config = balanced_config(tmp_path)
     L = Layout()
     listing = L.pseudo("r0", "testa", BALANCED_TAG)
-    proc = snakemake(work, listing, L.meta_train("a1"), "--configfile", str(path))
+    proc = run_snakemake(work, listing, L.meta_train("a1"), "--configfile", str(path))
     counts = job_counts(proc.stdout + proc.stderr)
     assert counts["make_pseudo"] == 1 and "train_model" not in counts, counts
     probs, rows, _ = load_predictions(work / L.ensemble("r0", "testa"))
@@ -293,11 +280,11 @@ def test_tiny_summary_scores_every_round(tiny_run):
 
 
 def test_tiny_rerun_is_a_no_op_and_one_model_change_reruns_only_it(tiny_run, tmp_path):
-    out = snakemake(tiny_run, "-n", "--configfile", str(REPO / "config/tiny.yaml")).stdout
+    out = run_snakemake(tiny_run, "-n", "--configfile", str(REPO / "config/tiny.yaml")).stdout
     assert "Nothing to be done" in out
     changed = (REPO / "config/tiny.yaml").read_text().replace("depth: 2}", "depth: 3}")
     (tmp_path / "changed.yaml").write_text(changed)
-    out = snakemake(tiny_run, "-n", "--configfile", str(tmp_path / "changed.yaml")).stdout
+    out = run_snakemake(tiny_run, "-n", "--configfile", str(tmp_path / "changed.yaml")).stdout
     # r0's vit_linear reruns (its params changed); r0's swin_arc does not. Later rounds
     # rerun through their inputs (r0's pseudo-labels and noise filter depend on both).
     assert "output: results/r0/train/vit_linear.pt" in out
@@ -311,7 +298,7 @@ def test_tiny_out_of_fold_noise_filter_scores_every_train_and_val_image_unseen(t
     overlay = REPO / "tests/fixtures/tiny-oof.yaml"
     configs = ["--configfile", str(REPO / "config/tiny.yaml"), str(overlay)]
     t0 = time.perf_counter()
-    out = snakemake(tmp_path, "results/clean/train_filtered.txt", *configs).stdout
+    out = run_snakemake(tmp_path, "results/clean/train_filtered.txt", *configs).stdout
     print(f"tiny out-of-fold filter: {time.perf_counter() - t0:.0f}s")
     res = tmp_path / "results/clean"
     train, val = read_split_list(res / "train.txt"), read_split_list(res / "val.txt")
@@ -333,7 +320,7 @@ def test_tiny_out_of_fold_noise_filter_scores_every_train_and_val_image_unseen(t
     )
     assert "score_train" not in out and "train_model" not in out  # no round trained for it
     # every round, r0 included, trains on the filtered lists
-    plan = snakemake(tmp_path, "-n", "results/r0/train/swin_arc.pt", *configs).stdout
+    plan = run_snakemake(tmp_path, "-n", "results/r0/train/swin_arc.pt", *configs).stdout
     assert "results/clean/train_filtered.txt" in plan.split("rule merge_meta:")[1].split("\n\n")[0]
     assert "results/clean/val_filtered.txt" in plan.split("rule train_model:")[1].split("\n\n")[0]
 
@@ -341,7 +328,7 @@ def test_tiny_out_of_fold_noise_filter_scores_every_train_and_val_image_unseen(t
 def test_out_of_fold_scorer_must_be_a_model(tmp_path):
     bad = (REPO / "tests/fixtures/tiny-oof.yaml").read_text().replace("scorer: scorer", "scorer: nope")
     (tmp_path / "bad.yaml").write_text(bad)
-    proc = snakemake(
+    proc = run_snakemake(
         tmp_path, "-n", "--configfile", str(REPO / "config/tiny.yaml"), str(tmp_path / "bad.yaml"), check=False
     )
     assert proc.returncode != 0
@@ -372,7 +359,7 @@ TINY_PLOTS = [
 @pytest.fixture(scope="module")
 def tiny_report(tiny_run):
     t0 = time.perf_counter()
-    snakemake(tiny_run, "--configfile", str(REPO / "config/tiny.yaml"), "--report", "report.html")
+    run_snakemake(tiny_run, "--configfile", str(REPO / "config/tiny.yaml"), "--report", "report.html")
     print(f"report: {time.perf_counter() - t0:.1f}s")
     return tiny_run / "report.html"
 
@@ -429,7 +416,7 @@ def test_demo_runs_every_round_to_a_valid_submission(tmp_path, capsys):
     seeds by bench/bench_demo.py, not gated here.
     """
     t0 = time.perf_counter()
-    snakemake(tmp_path, "--configfile", str(REPO / "config/demo.yaml"))
+    run_snakemake(tmp_path, "--configfile", str(REPO / "config/demo.yaml"))
     minutes = (time.perf_counter() - t0) / 60
     lines = (tmp_path / "results/summary.tsv").read_text().splitlines()
     with capsys.disabled():  # the measured table belongs in the CI log

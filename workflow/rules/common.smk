@@ -43,6 +43,8 @@ L = Layout()
 OUT_OF_FOLD = NOISE["enabled"] and NOISE["method"] == "out_of_fold"
 # out of fold, val is scored and filtered too, and every round uses the filtered list
 VAL_LIST = L.val_filtered if OUT_OF_FOLD else L.val_list
+# timm's model list, kept per timm version (check_archs)
+ARCH_CACHE_DIR = os.environ.get("WEBFG_CACHE_DIR") or ".snakemake/webfg"
 
 
 def check_config():
@@ -126,7 +128,8 @@ def check_config():
 
 def check_archs():
     """Every timm architecture exists (in the main process only: jobs re-parse the workflow).
-    timm's model list is cached under .snakemake/ per timm version (listing it imports torch).
+    timm's model list is cached per timm version (listing it imports torch, 5-10 s) under
+    .snakemake/webfg, or under $WEBFG_CACHE_DIR when set (the tests share one across runs).
     """
     if not workflow.is_main_process:
         return
@@ -134,7 +137,7 @@ def check_archs():
     entries += [(f"pretrain.{n}", e) for n, e in PRETRAIN.items()]
     for where, entry in entries:
         try:
-            check_arch(entry["arch"], where, cache_dir=".snakemake/webfg")
+            check_arch(entry["arch"], where, cache_dir=ARCH_CACHE_DIR)
         except ValueError as e:
             raise ConfigError(f"config {e}") from None
 
