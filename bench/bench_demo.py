@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -30,12 +32,19 @@ SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 COLUMNS = ["accuracy_testb", "pseudo_images", "pseudo_precision", "removal_precision", "removal_recall"]
 
 
-def run_seed(seed: int, config: Path, extra: list[Path], keep: Path | None) -> tuple[list[dict], float]:
-    """One demo run with every model's seed set to ``seed``; its summary rows and wall seconds."""
+def run_seed(
+    seed: int, config: Path, extra: list[Path], keep: Path | None, start_from: Path | None = None
+) -> tuple[list[dict], float]:
+    """One demo run with every model's seed set to ``seed``; its summary rows and wall seconds.
+    With ``start_from``, that folder's ``seed<seed>`` (a run kept by ``--keep``) is copied in
+    first, so Snakemake reruns only the jobs whose settings differ."""
     plan = yaml.safe_load(config.read_text(encoding="utf-8"))
     overlay = {"models": {name: {"seed": seed} for name in plan["models"]}}
     with tempfile.TemporaryDirectory(prefix=f"webfg-demo-seed{seed}-") as tmp:
         workdir = keep / f"seed{seed}" if keep else Path(tmp)
+        if start_from:
+            shutil.copytree(start_from / f"seed{seed}", workdir, symlinks=True, dirs_exist_ok=True)
+            shutil.rmtree(workdir / ".snakemake/locks", ignore_errors=True)
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "seed.yaml").write_text(yaml.safe_dump(overlay), encoding="utf-8")
         cmd = [
@@ -61,6 +70,18 @@ def run_seed(seed: int, config: Path, extra: list[Path], keep: Path | None) -> t
     return rows, seconds
 
 
+def machine() -> str:
+    """CPU model, core count and the versions that set the numbers."""
+    from importlib.metadata import version
+
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+        platform.processor() or "unknown CPU",
+    )
+    libs = ", ".join(f"{p} {version(p)}" for p in ("torch", "timm", "snakemake"))
+    return f"{cpu}, {len(os.sched_getaffinity(0))} cores; Python {platform.python_version()}, {libs}; {time.strftime('%Y-%m-%d')}"
+
+
 def mean_sd(values: list[float]) -> str:
     if not values:
         return ""
@@ -75,18 +96,28 @@ def main(argv=None) -> None:
     ap.add_argument("--config", type=Path, default=REPO / "config/demo.yaml")
     ap.add_argument("--extra", type=Path, nargs="*", default=[], help="more config files, applied after --config")
     ap.add_argument("--keep", type=Path, help="keep each seed's working directory under this folder")
+    ap.add_argument(
+        "--start-from",
+        type=Path,
+        help="a --keep folder of an earlier run: each seed starts from its results, so only the rounds whose"
+        " settings differ rerun (e.g. r0 and the noise filter are reused when only the pseudo scheme changes);"
+        " wall time is then that of the rerun part",
+    )
+    ap.add_argument("--name", default="demo_seeds", help="file name stem under --out")
     ap.add_argument("--out", type=Path, default=REPO / "bench/results")
     a = ap.parse_args(argv)
 
     per_seed, seconds = {}, {}
     for seed in a.seeds:
-        per_seed[seed], seconds[seed] = run_seed(seed, a.config.resolve(), [p.resolve() for p in a.extra], a.keep)
+        per_seed[seed], seconds[seed] = run_seed(
+            seed, a.config.resolve(), [p.resolve() for p in a.extra], a.keep, a.start_from
+        )
         print(f"seed {seed}: {seconds[seed] / 60:.1f} min", flush=True)
 
     stages = [r["stage"] for r in per_seed[a.seeds[0]]]
     rounds = stages[: stages.index("final_ensemble")]
     a.out.mkdir(parents=True, exist_ok=True)
-    with open(a.out / "demo_seeds.tsv", "w", encoding="utf-8") as f:
+    with open(a.out / f"{a.name}.tsv", "w", encoding="utf-8") as f:
         f.write("\t".join(["seed", "stage", *COLUMNS, "wall_s"]) + "\n")
         for seed, rows in per_seed.items():
             for r in rows:
@@ -103,7 +134,12 @@ def main(argv=None) -> None:
         return out
 
     lines = [
-        f"demo over model seeds {a.seeds} ({a.config.name}), mean +- sd",
+        f"demo over model seeds {a.seeds} ({a.config.name}"
+        + "".join(f" + {p.name}" for p in a.extra)
+        + (f", starting from {a.start_from}" if a.start_from else "")
+        + "), mean +- sd",
+        "",
+        machine(),
         "",
         "| stage | " + " | ".join(COLUMNS) + " |",
         "|---" * (len(COLUMNS) + 1) + "|",
@@ -120,7 +156,7 @@ def main(argv=None) -> None:
         f"wall time per run: {mean_sd([s / 60 for s in seconds.values()])} min",
     ]
     text = "\n".join(lines) + "\n"
-    (a.out / "demo_seeds.md").write_text(text, encoding="utf-8")
+    (a.out / f"{a.name}.md").write_text(text, encoding="utf-8")
     print(text)
 
 

@@ -18,8 +18,10 @@ what the filter adds to a demo run (the benchmark seconds of the scoring jobs: s
 in-sample, as r0 is trained anyway; train_fold_scorer + score_fold out of fold), `wall_s` the
 Snakemake run from the built data to the filter. Each row also scores the other rule on the same
 scores (recipe thresholds vs the label's probability alone), computed here from the prediction.
-Writes bench/results/noise_filter.<dataset>.tsv per dataset and bench/results/noise_filter.md
-(from every such tsv present), and prints the table.
+Out of fold, label-probability thresholds around the committed one are scored on the same
+predictions too (SWEEP), so a threshold can be chosen on one dataset and checked on the other.
+Writes bench/results/<name>.<dataset>.tsv per dataset and bench/results/<name>.md (from every
+such tsv present; --name, default noise_filter), and prints the table.
 """
 
 from __future__ import annotations
@@ -107,7 +109,11 @@ def run(workdir: Path, overlays: list[dict]) -> float:
     return time.perf_counter() - t0
 
 
-def bench_one(name: str, data: Path, seed: int, tmp: Path) -> list[dict]:
+# label-probability thresholds scored on the same out-of-fold predictions (the committed one marked)
+SWEEP = (0.005, 0.01, 0.015, 0.02, 0.03)
+
+
+def bench_one(name: str, data: Path, seed: int, tmp: Path, methods=("in_sample", "out_of_fold")) -> list[dict]:
     demo = yaml.safe_load((REPO / "config/demo.yaml").read_text(encoding="utf-8"))
     spec = DATASETS[name]
     base = {
@@ -127,7 +133,50 @@ def bench_one(name: str, data: Path, seed: int, tmp: Path) -> list[dict]:
         rows.append(dict(zip(COLUMNS, [name, seed, method, rule, len(removed), p, r, scoring_s, wall_s])))
         print(f"{name} seed {seed} {method:12s} {rule:28s} removed {len(removed):4d} P {p:.3f} R {r:.3f}", flush=True)
 
-    # in-sample (the recipe): r0 trains on the unfiltered list, its ensemble scores it
+    rule = (oof["max_label_prob"], oof["min_top_prob"])
+    if "in_sample" in methods:
+        bench_in_sample(base, work, res, rule, row)
+    if "out_of_fold" not in methods:
+        return rows
+    # out of fold: the demo's setting (scorer, folds, thresholds)
+    wall = run(work, [base])
+    removed = {r["path"] for r in csv.DictReader(open(res / "noise_removed.tsv", encoding="utf-8"), delimiter="\t")}
+    scoring = bench_seconds(work, "benchmarks/clean/noise/*/*.tsv")
+    row("out_of_fold", f"label prob {rule[0]}/{rule[1]}", removed, scoring, wall)
+    others = [RECIPE] + [(t, rule[1]) for t in SWEEP if t != rule[0]]
+    for other in others:  # the recipe's thresholds; tighter and looser ones (sensitivity)
+        alt = rule_removes(res / "noise/out_of_fold", [res / "train.txt", res / "val.txt"], *other)
+        row("out_of_fold", f"{'recipe' if other == RECIPE else 'label prob'} {other[0]}/{other[1]}", alt, scoring, wall)
+    return rows
+
+
+def rows_from_run(run: Path, name: str = "demo") -> list[dict]:
+    """The out-of-fold rows of a finished demo run kept elsewhere (bench_demo.py --keep: its
+    folder is ``seed<N>``): the committed rule as the run applied it, and the SWEEP on its scores."""
+    import re
+
+    demo = yaml.safe_load((REPO / "config/demo.yaml").read_text(encoding="utf-8"))
+    rule = (demo["clean"]["noise_filter"]["max_label_prob"], demo["clean"]["noise_filter"]["min_top_prob"])
+    seed = int(re.search(r"seed(\d+)", run.name).group(1))
+    res = run / "results/clean"
+    noisy = noisy_paths(run / "data/demo")
+    scoring = bench_seconds(run, "benchmarks/clean/noise/*/*.tsv")
+    rows = []
+    with open(res / "noise_removed.tsv", encoding="utf-8") as f:
+        committed = {r["path"] for r in csv.DictReader(f, delimiter="\t")}
+    for other in [rule, RECIPE] + [(t, rule[1]) for t in SWEEP if t != rule[0]]:
+        if other == rule:
+            removed = committed
+        else:
+            removed = rule_removes(res / "noise/out_of_fold", [res / "train.txt", res / "val.txt"], *other)
+        p, r = scores(removed, noisy)
+        label = f"{'recipe' if other == RECIPE else 'label prob'} {other[0]}/{other[1]}"
+        rows.append(dict(zip(COLUMNS, [name, seed, "out_of_fold", label, len(removed), p, r, scoring, float("nan")])))
+    return rows
+
+
+def bench_in_sample(base: dict, work: Path, res: Path, rule: tuple, row) -> None:
+    """The recipe: r0 trains on the unfiltered list, its ensemble scores it."""
     overlay = {
         "clean": {"noise_filter": {"method": "in_sample", "max_label_prob": RECIPE[0], "min_top_prob": RECIPE[1]}}
     }
@@ -135,19 +184,8 @@ def bench_one(name: str, data: Path, seed: int, tmp: Path) -> list[dict]:
     removed = {r["path"] for r in csv.DictReader(open(res / "noise_removed.tsv", encoding="utf-8"), delimiter="\t")}
     scoring = bench_seconds(work, "benchmarks/r0/infer/*.train.tsv")
     row("in_sample", f"recipe {RECIPE[0]}/{RECIPE[1]}", removed, scoring, wall)
-    rule = (oof["max_label_prob"], oof["min_top_prob"])
     alt = rule_removes(work / "results/r0/ensemble/train", [res / "train.txt"], *rule)
     row("in_sample", f"label prob {rule[0]}/{rule[1]}", alt, scoring, wall)
-
-    # out of fold: the demo's setting (scorer, folds, thresholds)
-    wall = run(work, [base])
-    removed = {r["path"] for r in csv.DictReader(open(res / "noise_removed.tsv", encoding="utf-8"), delimiter="\t")}
-    scoring = bench_seconds(work, "benchmarks/clean/noise/*/*.tsv")
-    row("out_of_fold", f"label prob {rule[0]}/{rule[1]}", removed, scoring, wall)
-    for other in [RECIPE, (2 * rule[0], rule[1])]:  # the recipe's thresholds; a looser one (sensitivity)
-        alt = rule_removes(res / "noise/out_of_fold", [res / "train.txt", res / "val.txt"], *other)
-        row("out_of_fold", f"{'recipe' if other == RECIPE else 'label prob'} {other[0]}/{other[1]}", alt, scoring, wall)
-    return rows
 
 
 def mean_sd(values: list[float], fmt: str = ".3f") -> str:
@@ -171,9 +209,9 @@ def versions() -> str:
     )
 
 
-def write_markdown(out: Path) -> str:
+def write_markdown(out: Path, name: str = "noise_filter") -> str:
     rows = []
-    for tsv in sorted(out.glob("noise_filter.*.tsv")):
+    for tsv in sorted(out.glob(f"{name}.*.tsv")):
         with open(tsv, encoding="utf-8", newline="") as f:
             rows += list(csv.DictReader(f, delimiter="\t"))
     demo = yaml.safe_load((REPO / "config/demo.yaml").read_text(encoding="utf-8"))
@@ -201,28 +239,43 @@ def write_markdown(out: Path) -> str:
             f"{mean_sd(col('wall_s'), '.0f')} |"
         )
     text = "\n".join(lines) + "\n"
-    (out / "noise_filter.md").write_text(text, encoding="utf-8")
+    (out / f"{name}.md").write_text(text, encoding="utf-8")
     return text
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\t".join(COLUMNS) + "\n")
+        for r in rows:
+            f.write("\t".join(f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in COLUMNS) + "\n")
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datasets", nargs="+", choices=sorted(DATASETS), default=["demo", "second"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--methods", nargs="+", choices=["in_sample", "out_of_fold"], default=["in_sample", "out_of_fold"])
+    ap.add_argument("--name", default="noise_filter", help="file name stem of the results under --out")
     ap.add_argument("--out", type=Path, default=REPO / "bench/results")
+    ap.add_argument(
+        "--from-runs",
+        type=Path,
+        nargs="+",
+        help="score the demo's kept runs (bench_demo.py --keep DIR: DIR/seed*) instead of running the demo dataset",
+    )
     a = ap.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
+    if a.from_runs:
+        write_rows(a.out / f"{a.name}.demo.tsv", [r for run in a.from_runs for r in rows_from_run(run)])
+        a.datasets = [d for d in a.datasets if d != "demo"]
     with tempfile.TemporaryDirectory(prefix="webfg-noise-bench-") as tmp:
         tmp = Path(tmp)
         for name in a.datasets:
             data = tmp / f"data-{name}"
             build_demo(data, DATASETS[name], 0)
-            rows = [r for seed in a.seeds for r in bench_one(name, data, seed, tmp)]
-            with open(a.out / f"noise_filter.{name}.tsv", "w", encoding="utf-8") as f:
-                f.write("\t".join(COLUMNS) + "\n")
-                for r in rows:
-                    f.write("\t".join(f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in COLUMNS) + "\n")
-    print(write_markdown(a.out))
+            rows = [r for seed in a.seeds for r in bench_one(name, data, seed, tmp, a.methods)]
+            write_rows(a.out / f"{a.name}.{name}.tsv", rows)
+    print(write_markdown(a.out, a.name))
 
 
 if __name__ == "__main__":
