@@ -232,7 +232,8 @@ def test_tiny_balanced_round_selects_what_select_does(tiny_run, tmp_path):
     path, config = balanced_config(tmp_path)
     L = Layout()
     listing = L.pseudo("r0", "testa", BALANCED_TAG)
-    proc = run_snakemake(work, listing, L.meta_train("a1"), "--configfile", str(path))
+    figure = L.plot_pseudo("r0", "testa", BALANCED_TAG)
+    proc = run_snakemake(work, listing, L.meta_train("a1"), figure, "--configfile", str(path))
     counts = job_counts(proc.stdout + proc.stderr)
     assert counts["make_pseudo"] == 1 and "train_model" not in counts, counts
     probs, rows, _ = load_predictions(work / L.ensemble("r0", "testa"))
@@ -240,6 +241,9 @@ def test_tiny_balanced_round_selects_what_select_does(tiny_run, tmp_path):
     chosen = select(confidence, predicted, probs.shape[1], "balanced", min_threshold=0.2, fraction=0.5)
     expected = [(rows[i], int(predicted[i])) for i in np.flatnonzero(chosen.keep)]
     assert read_split_list(work / listing) == expected and expected
+    # its yield figure draws what the scheme kept (a fixed sweep alone would not show it)
+    drawn = (work / f"logs/r0/plots/pseudo_testa@{BALANCED_TAG}.log").read_text()
+    assert f"'selected': ['balanced', {len(expected)}, {len(rows)}]" in drawn, drawn
     quota = round(0.5 * len(rows) / probs.shape[1])
     counts = chosen.per_class_counts(predicted)
     fixed = np.bincount(predicted[confidence > 0.3], minlength=probs.shape[1])

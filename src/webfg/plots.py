@@ -79,18 +79,28 @@ def plot_val_accuracy(prediction_jsons: Sequence, out_png) -> dict[str, float]:
     return accs
 
 
-def plot_pseudo_yield(yield_tsv, threshold: float, out_png, title: str = "") -> dict[str, list[float]]:
-    """Share of test images kept as pseudo-labels against the threshold; the chosen one marked."""
+def plot_pseudo_yield(
+    yield_tsv, threshold: float, out_png, title: str = "", selected: tuple[str, int, int] | None = None
+) -> dict[str, list[float]]:
+    """Share of test images kept as pseudo-labels against a fixed threshold, the config's one
+    marked. ``selected`` = (scheme, kept, total): what a class-aware scheme really kept, drawn
+    as a level, since only the fixed scheme follows the sweep (its dashed line then marks the
+    scheme's base threshold or floor)."""
     rows = read_tsv(yield_tsv, ["threshold", "kept", "fraction"])
     ts = [float(r["threshold"]) for r in rows]
     kept = [int(r["kept"]) for r in rows]
     frac = [float(r["fraction"]) for r in rows]
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
-    ax.plot(ts, frac, "o-", color="tab:green", ms=3)
+    ax.plot(ts, frac, "o-", color="tab:green", ms=3, label="a fixed threshold would keep")
     at = min(range(len(ts)), key=lambda i: abs(ts[i] - threshold))  # the sweep's nearest row
-    ax.axvline(
-        threshold, color="tab:red", ls="--", label=f"chosen threshold {threshold:g}: {kept[at]} kept ({frac[at]:.0%})"
-    )
+    if selected is None or selected[0] == "fixed":
+        label = f"chosen threshold {threshold:g}: {kept[at]} kept ({frac[at]:.0%})"
+    else:
+        scheme, n_kept, total = selected
+        share = n_kept / total if total else 0.0
+        ax.axhline(share, color="tab:blue", ls=":", label=f"{scheme} selection: {n_kept} kept ({share:.0%})")
+        label = f"{'floor' if scheme == 'balanced' else 'base threshold'} {threshold:g}"
+    ax.axvline(threshold, color="tab:red", ls="--", label=label)
     ax.set(
         xlabel="confidence threshold (max probability >)",
         ylabel="fraction kept",
@@ -98,9 +108,12 @@ def plot_pseudo_yield(yield_tsv, threshold: float, out_png, title: str = "") -> 
         title=title or "pseudo-label yield",
     )
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower left")
+    ax.legend(loc="lower left", fontsize="small")
     _save(fig, out_png)
-    return {"threshold": ts, "kept": kept, "fraction": frac}
+    drawn = {"threshold": ts, "kept": kept, "fraction": frac}
+    if selected is not None:
+        drawn["selected"] = list(selected)
+    return drawn
 
 
 def plot_class_counts(counts_tsv, out_png, k: int | None = None) -> dict[str, list[int]]:

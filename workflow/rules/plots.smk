@@ -47,7 +47,10 @@ rule plot_val_accuracy:
 
 rule plot_pseudo_yield:
     input:
-        L.pseudo_yield("{round}", "{split}", "{tag}"),
+        yield_tsv=L.pseudo_yield("{round}", "{split}", "{tag}"),
+        # what the scheme kept, out of how many images
+        selected=L.pseudo("{round}", "{split}", "{tag}"),
+        rows=L.ensemble("{round}", "{split}", ".rows.txt"),
     output:
         report(
             L.plot_pseudo("{round}", "{split}", "{tag}"),
