@@ -2,6 +2,8 @@ from webfg.io import rule_script
 
 rule_script(snakemake)  # stderr to the log; input errors end the job with one line
 
+from pathlib import Path
+
 from webfg import plots
 from webfg.io import log_to_stderr, read_split_list
 from webfg.layout import parse_pseudo_tag
@@ -17,7 +19,7 @@ elif rule == "plot_pseudo_yield":
     selected = (
         parse_pseudo_tag(w.tag)["scheme"],
         len(read_split_list(snakemake.input.selected)),
-        len(read_row_names(snakemake.input.rows)),
+        len(read_row_names(Path(snakemake.input.rows))),
     )
     drawn = plots.plot_pseudo_yield(snakemake.input.yield_tsv, snakemake.params.threshold, out, title, selected)
 elif rule == "plot_class_counts":
