@@ -1,7 +1,7 @@
 # Two commands on a fresh Debian/Ubuntu machine (root or sudo for the one apt package):
 #   make demo   install, then run the whole pipeline on the embedded demo -> results/submit.zip
 #   make test   install, then run the test suite: unit tests and the real DAG on tiny data
-#               (about 4 minutes on 2 cores; changes nothing outside temporary folders)
+#               (about 7 minutes on 2 cores; changes nothing outside temporary folders)
 #   make test-all  every test: also the whole demo and profiles/slurm on a local Slurm, which it
 #               installs (apt) and starts, then stops; what .ci/run calls
 VENV ?= .venv
