@@ -38,8 +38,10 @@ def run_seed(
     """One demo run with every model's seed set to ``seed``; its summary rows and wall seconds.
     With ``start_from``, that folder's ``seed<seed>`` (a run kept by ``--keep``) is copied in
     first, so Snakemake reruns only the jobs whose settings differ."""
-    plan = yaml.safe_load(config.read_text(encoding="utf-8"))
-    overlay = {"models": {name: {"seed": seed} for name in plan["models"]}}
+    names = set()
+    for path in (config, *extra):
+        names |= set((yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("models", {}))
+    overlay = {"models": {name: {"seed": seed} for name in sorted(names)}}
     with tempfile.TemporaryDirectory(prefix=f"webfg-demo-seed{seed}-") as tmp:
         workdir = keep / f"seed{seed}" if keep else Path(tmp)
         if start_from:

@@ -154,7 +154,9 @@ def test_launch_without_a_command_is_one_line(capsys):
 
 
 def test_gpu_jobs_take_their_share_of_the_cores_and_cpu_jobs_all():
-    assert job_threads(job_geometry({}, "x"), 2) == 2  # the CPU demo: one torch job at a time
+    assert job_threads(job_geometry({}, "x"), 2) == 2  # a CPU-only job: cpus_per_gpu (4), at most the machine
+    assert job_threads(job_geometry({}, "x"), 64) == 4
+    assert job_threads(job_geometry({"cpus_per_gpu": 1}, "x"), 2) == 1  # the demo: two trainings side by side
     assert job_threads(job_geometry({"gpus": 1, "cpus_per_gpu": 8}, "x"), 64) == 8
     assert job_threads(job_geometry({"gpus": 4, "cpus_per_gpu": 8}, "x"), 64) == 32
     assert job_threads(job_geometry({"gpus": 16, "nodes": 2, "cpus_per_gpu": 8}, "x"), 128) == 64  # one node's

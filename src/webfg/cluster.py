@@ -52,11 +52,10 @@ def job_geometry(resources: dict, where: str) -> dict:
 
 
 def job_threads(geometry: dict, cores: int) -> int:
-    """Snakemake ``threads`` of a torch job on one machine: a CPU-only job takes every core
-    (one torch job at a time, as on the CPU demo); a GPU job its share, ``cpus_per_gpu``
-    per GPU on the node, so that jobs whose GPUs fit run side by side."""
-    if geometry["gpus"] == 0:
-        return cores
+    """Snakemake ``threads`` of a torch job on one machine: its CPUs, ``cpus_per_gpu`` per GPU
+    on the node (a CPU-only job: ``cpus_per_gpu`` in all), never more than the machine has,
+    so that jobs that fit run side by side. Small models train faster as several
+    one-thread jobs than as one job on every core (bench/results/demo_seeds.md)."""
     return max(1, min(cores, geometry["cpus_per_task"] * geometry["tasks_per_node"]))
 
 
