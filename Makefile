@@ -49,7 +49,7 @@ test-all: install
 	bash .ci/start-local-slurm.sh
 	WEBFG_REQUIRE_SLURM=1 $(BIN)/python -m pytest; rc=$$?; bash .ci/stop-local-slurm.sh; exit $$rc
 
-# the demo over 3 model seeds: mean +- sd of every round (bench/results/demo_seeds.md), ~40 min
+# the demo over 3 model seeds: mean +- sd of every round (bench/results/demo_seeds.md), ~30 min
 bench-demo: install
 	$(BIN)/python bench/bench_demo.py
 

@@ -39,7 +39,10 @@ def benchmark_s(path: Path) -> float:
 
 
 def arm(workdir: Path, overlays: list[Path], seed: int) -> dict:
-    (workdir / "seed.yaml").write_text(f"models: {{vit_linear: {{seed: {seed}}}}}\n")
+    # the demo's rounds train CNNs: r0 trains the ViT in both arms (config/demo-mae.yaml does so too)
+    (workdir / "seed.yaml").write_text(
+        f"models: {{vit_linear: {{seed: {seed}}}}}\nrounds: {{r0: {{models: [swin_arc, vit_linear]}}}}\n"
+    )
     configs = [str(REPO / "config/demo.yaml"), *map(str, overlays), str(workdir / "seed.yaml")]
     t0 = time.perf_counter()
     subprocess.run(

@@ -55,7 +55,7 @@ def job_threads(geometry: dict, cores: int) -> int:
     """Snakemake ``threads`` of a torch job on one machine: its CPUs, ``cpus_per_gpu`` per GPU
     on the node (a CPU-only job: ``cpus_per_gpu`` in all), never more than the machine has,
     so that jobs that fit run side by side. Small models train faster as several
-    one-thread jobs than as one job on every core (bench/results/demo_seeds.md)."""
+    one-thread jobs than as one job on every core (bench/README.md, the demo)."""
     return max(1, min(cores, geometry["cpus_per_task"] * geometry["tasks_per_node"]))
 
 
