@@ -153,7 +153,7 @@ def test_launch_without_a_command_is_one_line(capsys):
 # ---- one machine, several GPUs: threads sized to the job, GPU slots, requests checked before any job
 
 
-def test_gpu_jobs_take_their_share_of_the_cores_and_cpu_jobs_all():
+def test_jobs_take_their_cpus_per_gpu_at_most_the_machine():
     assert job_threads(job_geometry({}, "x"), 2) == 2  # a CPU-only job: cpus_per_gpu (4), at most the machine
     assert job_threads(job_geometry({}, "x"), 64) == 4
     assert job_threads(job_geometry({"cpus_per_gpu": 1}, "x"), 2) == 1  # the demo: two trainings side by side

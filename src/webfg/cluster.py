@@ -46,7 +46,7 @@ def job_geometry(resources: dict, where: str) -> dict:
             f"the same number on every node); set {where}.nodes to one of {divisors}"
         )
     r["tasks_per_node"] = max(1, gpus // nodes)
-    # CPUs of one training process (one per GPU); a CPU-only job keeps the cores it is given
+    # CPUs of one training process (one per GPU); a CPU-only job's CPUs in all
     r["cpus_per_task"] = r["cpus_per_gpu"]
     return r
 

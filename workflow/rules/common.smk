@@ -160,12 +160,12 @@ def pretrain_resources(name):
 
 
 def model_threads(model):
-    """A training job's threads: all cores on the CPU, its CPUs per GPU x GPUs otherwise."""
+    """A training job's threads: its CPUs per GPU x GPUs on the node (a CPU-only job: cpus_per_gpu), at most --cores."""
     return job_threads(model_resources(model), workflow.cores)
 
 
 def infer_threads(model):
-    """Inference uses one GPU: one GPU's CPUs (all cores on the CPU)."""
+    """Inference uses one GPU: one GPU's CPUs (a CPU-only model: cpus_per_gpu), at most --cores."""
     r = model_resources(model)
     return job_threads({**r, "tasks_per_node": 1}, workflow.cores)
 
